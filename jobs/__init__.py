@@ -1,0 +1,4 @@
+"""Ray applications, run from the repo root.
+
+``ray job submit --working-dir . -- python -m jobs.<name> ...``
+"""

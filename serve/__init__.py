@@ -1,0 +1,1 @@
+"""The Ray Serve application, run from the repo root (``serve run serve/config.yaml``)."""
