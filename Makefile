@@ -11,6 +11,9 @@ STAMP  := $(VENV)/.deepfix-installed
 # build of torch into the venv first (see README); this line then finds it satisfied.
 TORCH  ?= torch==2.13.0
 
+CHROMIUM ?= /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup demo test lint typecheck bench up down status clean
@@ -26,7 +29,13 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m deepfix.demo
 
-test: setup
+# The browser tests drive Debian's chromium (never a browser that playwright downloads).
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the browser tests"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: setup $(CHROMIUM)
 	$(BIN)/pytest
 
 lint: setup

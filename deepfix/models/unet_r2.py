@@ -159,6 +159,8 @@ class UNet(nn.Module):
                 "need in_channels >= 1, base_channels >= 1, depth >= 1, t >= 0; got "
                 f"{in_channels}, {base_channels}, {depth}, {t}"
             )
+        if block not in ("r2", "plain") or upsample not in ("transpose", "bilinear"):
+            raise ValueError(f"unknown block {block!r} or upsample {upsample!r}")
         self.depth = depth
         widths = [base_channels * 2**level for level in range(depth + 1)]
 
