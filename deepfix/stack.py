@@ -258,7 +258,10 @@ def _start_ray(settings: StackSettings, timeout: float = 90.0) -> ServiceStatus:
     ]
     if settings.num_cpus is not None:
         cmd += ["--num-cpus", str(settings.num_cpus)]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # Job entrypoints run `python ...` from the head's PATH: put this environment's bin first
+    # so submitted jobs get the interpreter that has deepfix installed, activated or not.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
     log_path = _run_dir() / "ray.log"
     with open(log_path, "ab") as out:
         # --block keeps `ray start` as the parent of the head's processes; a new session makes

@@ -94,7 +94,7 @@ def test_up_status_submit_down(stack_env: dict[str, str]) -> None:
                 "--",
                 "python",
                 "-c",
-                "print('ok-from-job')",
+                "import deepfix; print('ok-from-job')",
             ],
             env=user_env,
             capture_output=True,
