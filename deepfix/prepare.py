@@ -607,8 +607,8 @@ class PreparedStats(BaseModel):
     version: str
     spec_revision: int = Field(description="etcd mod_revision of the spec it was made from")
     created_at: datetime
-    output_uri: str
-    samples_uri: str
+    version_uri: str = Field(description="<root>/<version>: samples/, rejects/, manifest.json")
+    samples_uri: str = Field(description="folder of the sample Parquet shards (read this)")
     rejects_uri: str
     manifest_uri: str
     sample_height: int
@@ -682,7 +682,7 @@ def prepared_stats(
         version=layout.version,
         spec_revision=spec_revision,
         created_at=created_at or datetime.now(UTC),
-        output_uri=layout.version_uri,
+        version_uri=layout.version_uri,
         samples_uri=layout.samples_uri,
         rejects_uri=layout.rejects_uri,
         manifest_uri=layout.manifest_uri,

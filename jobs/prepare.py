@@ -34,16 +34,17 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import cv2
 import pyarrow as pa
 import ray
 from pydantic import BaseModel, ConfigDict, Field
-from ray.data import Dataset, DataContext
+from ray.data import Dataset
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 from rich.console import Console
 from rich.table import Table
 
-from config_store import ConfigStore, ConfigStoreError, NotFound, StoreUnavailable, config
+from config_store import ConfigStoreError, NotFound, StoreUnavailable, config
 from config_store import ValidationError as StoreValidationError
 from deepfix.errors import DeepfixError, SourceError
 from deepfix.prepare import (
@@ -118,25 +119,37 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepareArgs:
 
 
 @functools.lru_cache(maxsize=4)
-def _preparer(spec_json: str, allow_private: bool) -> Preparer:
+def _preparer(spec_json: str, allow_private: bool, cv2_threads: int) -> Preparer:
     # One Preparer (detector, pipeline) per worker process and spec: Ray reuses workers
     # across tasks, so the detector is built once per process, not once per batch.
+    # OpenCV would start a thread per core in every worker (Haar's detectMultiScale and the
+    # blurs are parallel_for loops): with one worker per CPU that oversubscribes the node, so
+    # each worker gets as many OpenCV threads as CPUs it reserved.
+    cv2.setNumThreads(cv2_threads)
     return Preparer(DatasetSpec.model_validate_json(spec_json), allow_private=allow_private)
 
 
-def _prepare_block(batch: pa.Table, *, spec_json: str, allow_private: bool) -> pa.Table:
-    return _preparer(spec_json, allow_private).prepare_batch(batch["path"].to_pylist())
+def _prepare_block(
+    batch: pa.Table, *, spec_json: str, allow_private: bool, cv2_threads: int
+) -> pa.Table:
+    preparer = _preparer(spec_json, allow_private, cv2_threads)
+    return preparer.prepare_batch(batch["path"].to_pylist())
 
 
 class _SampleSink(Datasink[BlockSummary]):
     """Writes sample rows as one Parquet shard per write task; returns the image rows and
-    counts (never pixels) to the driver, which keeps them in ``summary``."""
+    counts (never pixels) to the driver, which keeps them in ``summary``.
+
+    Ray Data's closing "N rows written" log line counts the image rows too; the samples
+    actually written are ``summary.samples``.
+    """
 
     def __init__(self, samples_uri: str) -> None:
         self.samples_uri = samples_uri
         self.summary: BlockSummary | None = None
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> BlockSummary:
+        # ctx is Ray Data's TaskContext (an internal module); only task_idx is used.
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         samples, images = split_batch(pa.concat_tables(tables))
         files = []
@@ -162,9 +175,14 @@ def build_dataset(
     ds = ray.data.from_items(
         [{"path": p} for p in items], override_num_blocks=max(1, math.ceil(len(items) / batch_size))
     )
-    return ds.map_batches(
+    udf = functools.partial(
         _prepare_block,
-        fn_kwargs={"spec_json": spec.model_dump_json(), "allow_private": allow_private},
+        spec_json=spec.model_dump_json(),
+        allow_private=allow_private,
+        cv2_threads=max(1, math.floor(num_cpus)),
+    )
+    return ds.map_batches(
+        udf,
         batch_size=None,  # a whole block per call: the blocks are already batch_size paths
         batch_format="pyarrow",
         zero_copy_batch=True,
@@ -190,10 +208,6 @@ def run(args: PrepareArgs) -> PreparedStats:
         UnaccountedImages: images went missing between listing and writing.
     """
     started = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS (set by `ray job submit`) connects; otherwise a local Ray
-    DataContext.get_current().enable_progress_bars = True
-
     # One read gives both the spec and the revision it is at, so they always agree.
     doc = config.store.get("datasets", args.dataset)
     spec = DatasetSpec.model_validate(doc.value)
@@ -209,8 +223,13 @@ def run(args: PrepareArgs) -> PreparedStats:
         layout.version_uri,
     )
 
+    # Build a Preparer here once, so a spec whose detector cannot be built (a missing YuNet
+    # model file, an unknown name) fails now with its own message, not inside every task.
+    Preparer(spec, allow_private=args.allow_private)
     summary = BlockSummary()
     if items:
+        if not ray.is_initialized():
+            ray.init()  # RAY_ADDRESS (set by `ray job submit`) connects; else a local Ray
         ds = build_dataset(
             items,
             spec,
@@ -230,10 +249,12 @@ def run(args: PrepareArgs) -> PreparedStats:
         wall_time_s=time.perf_counter() - started,
     )
     check_accounted(stats)  # before anything is recorded: a dropped block is an error
-    write_table(rejects_table(summary.images, listing.rejected), layout.rejects_uri, "rejects.parquet")
+    write_table(
+        rejects_table(summary.images, listing.rejected), layout.rejects_uri, "rejects.parquet"
+    )
     record = stats.model_dump(mode="json")
     write_json(record, layout.manifest_uri)
-    ConfigStore(settings=config.store.settings).put(PREPARED, spec.name, record)
+    config.store.put(PREPARED, spec.name, record)
     return stats
 
 

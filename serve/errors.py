@@ -41,7 +41,7 @@ from deepfix.errors import (
 from deepfix.model_store import ModelNotFound
 
 __all__ = [
-    "BadRequest",
+    "InvalidRequest",
     "ModelNotReady",
     "Overloaded",
     "ServeError",
@@ -60,7 +60,7 @@ class ServeError(DeepfixError):
     """Root of the errors the serving layer itself raises."""
 
 
-class BadRequest(ServeError):
+class InvalidRequest(ServeError):
     """The request is malformed in a way no schema caught (e.g. two options that exclude)."""
 
 
@@ -79,7 +79,7 @@ _STATUS: dict[type[BaseException], tuple[int, str]] = {
     UnsupportedImage: (415, "unsupported_media_type"),
     CorruptImage: (422, "corrupt_image"),
     ImageError: (422, "bad_image"),
-    BadRequest: (400, "bad_request"),
+    InvalidRequest: (422, "invalid"),
     ModelNotReady: (503, "model_not_ready"),
     Overloaded: (503, "overloaded"),
     ModelNotFound: (404, "model_not_found"),

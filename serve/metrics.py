@@ -8,6 +8,8 @@ Serve's built-in ``ray_serve_*`` series (``deepfix_requests`` is scraped as
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 __all__ = [
@@ -22,7 +24,7 @@ __all__ = [
 
 # Boundaries must be positive for Ray; counts use half-integers so that 0, 1, 2 ... land in
 # their own buckets.
-LATENCY_MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+LATENCY_MS_BUCKETS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 3e4]
 BATCH_SIZE_BUCKETS = [1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]
 FACES_BUCKETS = [0.5, 1.5, 2.5, 3.5, 4.5, 8.5, 16.5]
 BYTES_BUCKETS = [16e3, 64e3, 256e3, 1e6, 4e6, 16e6, 64e6]
@@ -39,6 +41,11 @@ METRIC_NAMES = (
 )
 
 
+def _tags(*keys: str) -> Any:
+    # Ray annotates tag_keys as Tuple[str] (a 1-tuple) though it takes any tuple of names.
+    return keys
+
+
 class IngressMetrics:
     """What the HTTP ingress records per request."""
 
@@ -46,19 +53,19 @@ class IngressMetrics:
         self.requests = Counter(
             "deepfix_requests",
             description="HTTP requests by endpoint and status code.",
-            tag_keys=("endpoint", "status"),
+            tag_keys=_tags("endpoint", "status"),
         )
         self.latency_ms = Histogram(
             "deepfix_request_latency_ms",
             description="Time from request to response in the ingress, milliseconds.",
             boundaries=LATENCY_MS_BUCKETS,
-            tag_keys=("endpoint",),
+            tag_keys=_tags("endpoint"),
         )
         self.input_bytes = Histogram(
             "deepfix_input_bytes",
             description="Size of uploaded images, bytes.",
             boundaries=BYTES_BUCKETS,
-            tag_keys=("endpoint",),
+            tag_keys=_tags("endpoint"),
         )
 
     def request(self, endpoint: str, status: int, latency_ms: float) -> None:
@@ -87,17 +94,17 @@ class EnhancerMetrics:
             "deepfix_faces_per_image",
             description="Faces found per image (detect and faces-only enhance).",
             boundaries=FACES_BUCKETS,
-            tag_keys=("endpoint",),
+            tag_keys=_tags("endpoint"),
         )
         self.model_info = Gauge(
             "deepfix_model_info",
             description="1 for the model version a replica serves now, 0 for ones it served.",
-            tag_keys=("model", "version"),
+            tag_keys=_tags("model", "version"),
         )
         self.swaps = Counter(
             "deepfix_model_swaps",
             description="Model versions loaded after startup because an alias moved.",
-            tag_keys=("model",),
+            tag_keys=_tags("model"),
         )
 
     def batch(self, size: int, model_ms: float) -> None:

@@ -37,8 +37,11 @@ __all__ = [
     "CSRF_HEADER",
     "SECRET_ENV",
     "CsrfError",
-    "ensure_token",
+    "cookie_path",
+    "issue",
+    "set_cookie",
     "sign",
+    "token_for",
     "unsign",
     "verify",
 ]
@@ -64,7 +67,9 @@ def _secret() -> bytes:
     if configured:
         if len(configured.encode()) < _MIN_SECRET_BYTES:
             logger.warning(
-                "%s is shorter than %d bytes; use a long random value", SECRET_ENV, _MIN_SECRET_BYTES
+                "%s is shorter than %d bytes; use a long random value",
+                SECRET_ENV,
+                _MIN_SECRET_BYTES,
             )
         return configured.encode()
     logger.warning(
@@ -118,20 +123,25 @@ def cookie_path(request: Request) -> str:
     return (request.scope.get("root_path") or "").rstrip("/") + "/"
 
 
-def ensure_token(request: Request, response: Response) -> str:
-    """The form token for this browser, setting the nonce cookie on ``response`` if needed."""
+def issue(request: Request) -> tuple[str, str | None]:
+    """The form token for this browser, and a new nonce to set as cookie when it has none."""
     nonce = request.cookies.get(CSRF_COOKIE, "")
+    fresh = None
     if len(nonce) < 32:
-        nonce = secrets.token_urlsafe(32)
-        response.set_cookie(
-            CSRF_COOKIE,
-            nonce,
-            httponly=True,
-            samesite="strict",
-            secure=_secure(request),
-            path=cookie_path(request),
-        )
-    return _mac("csrf", nonce.encode())
+        nonce = fresh = secrets.token_urlsafe(32)
+    return _mac("csrf", nonce.encode()), fresh
+
+
+def set_cookie(request: Request, response: Response, nonce: str) -> None:
+    """Set the nonce cookie that ``issue`` created on ``response``."""
+    response.set_cookie(
+        CSRF_COOKIE,
+        nonce,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        path=cookie_path(request),
+    )
 
 
 def token_for(request: Request) -> str | None:
