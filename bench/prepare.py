@@ -58,11 +58,14 @@ class Report(BaseModel):
     cpu_count: int | None
     load_average_before: tuple[float, float, float] | None
     load_average_after: tuple[float, float, float] | None
+    opencv_threads_default: int
     serial: list[Side]
+    serial_1_thread: list[Side]
     ray_cold: list[Side]
     ray_warm: list[Side]
     ratio_cold: float
     ratio_warm: float
+    ratio_warm_vs_1_thread: float
     stage_ms_per_image: dict[str, float]
 
 
@@ -97,7 +100,10 @@ def _generate(folder: Path, n: int) -> None:
         cv2.imwrite(str(folder / f"img_{i:05d}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
-def _serial(spec: DatasetSpec, items: list[str], out: Path, batch: int) -> tuple[Side, Preparer]:
+def _serial(
+    spec: DatasetSpec, items: list[str], out: Path, batch: int, cv2_threads: int
+) -> tuple[Side, Preparer]:
+    cv2.setNumThreads(cv2_threads)  # -1: OpenCV's default (a thread per core)
     preparer = Preparer(spec, allow_private=True)
     start = time.perf_counter()
     samples = 0
@@ -107,8 +113,10 @@ def _serial(spec: DatasetSpec, items: list[str], out: Path, batch: int) -> tuple
         if table.num_rows:
             write_table(table, str(out), f"part-{k // batch:05d}.parquet")
     seconds = time.perf_counter() - start
+    cv2.setNumThreads(-1)
+    name = "serial" if cv2_threads < 0 else f"serial, {cv2_threads} OpenCV thread"
     return Side(
-        name="serial", seconds=seconds, images_per_s=len(items) / seconds, samples=samples
+        name=name, seconds=seconds, images_per_s=len(items) / seconds, samples=samples
     ), preparer
 
 
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
         load_before = _load()
         serial: list[Side] = []
+        serial_1: list[Side] = []
         cold: list[Side] = []
         warm: list[Side] = []
         stage_ms: dict[str, float] = {}
@@ -169,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
                 _init_ray(ray)
             cold.append(_ray(spec, items, tmp / f"ray-cold-{r}", args))
-            side, preparer = _serial(spec, items, tmp / f"serial-{r}", args.batch_size)
+            side, preparer = _serial(spec, items, tmp / f"serial-{r}", args.batch_size, -1)
             serial.append(side)
+            side1, _ = _serial(spec, items, tmp / f"serial1-{r}", args.batch_size, 1)
+            serial_1.append(side1)
             warm.append(_ray(spec, items, tmp / f"ray-warm-{r}", args))
             stage_ms = {s: 1000 * preparer.timings[s] / len(items) for s in STAGES}
         ray.shutdown()
@@ -187,11 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             cpu_count=os.cpu_count(),
             load_average_before=load_before,
             load_average_after=_load(),
+            opencv_threads_default=cv2.getNumThreads(),
             serial=serial,
+            serial_1_thread=serial_1,
             ray_cold=cold,
             ray_warm=warm,
             ratio_cold=best(cold) / best(serial),
             ratio_warm=best(warm) / best(serial),
+            ratio_warm_vs_1_thread=best(warm) / best(serial_1),
             stage_ms_per_image=stage_ms,
         )
     finally:
@@ -214,7 +228,13 @@ def _markdown(r: Report) -> str:
         "|---|---|---|---|---|---|",
     ]
     base = max(s.images_per_s for s in r.serial)
-    for label, sides in (("serial", r.serial), ("ray cold", r.ray_cold), ("ray warm", r.ray_warm)):
+    runs = (
+        (f"serial ({r.opencv_threads_default} OpenCV threads)", r.serial),
+        ("serial (1 OpenCV thread)", r.serial_1_thread),
+        ("ray cold", r.ray_cold),
+        ("ray warm", r.ray_warm),
+    )
+    for label, sides in runs:
         for i, s in enumerate(sides):
             lines.append(
                 f"| {label} | {i + 1} | {s.seconds:.2f} | {s.images_per_s:.1f} | {s.samples} "
@@ -226,7 +246,10 @@ def _markdown(r: Report) -> str:
         lines.append(f"| {stage} | {ms:.2f} |")
     lines.append(f"| **sum** | {total:.2f} |")
     lines.append("")
-    lines.append(f"Ratio (best of rounds): cold {r.ratio_cold:.2f}x, warm {r.ratio_warm:.2f}x")
+    lines.append(
+        f"Ratio to the plain serial loop (best of rounds): cold {r.ratio_cold:.2f}x, "
+        f"warm {r.ratio_warm:.2f}x; warm vs 1-thread serial {r.ratio_warm_vs_1_thread:.2f}x"
+    )
     return "\n".join(lines)
 
 

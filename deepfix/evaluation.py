@@ -1,4 +1,4 @@
-"""Evaluation reports: metrics of the degraded input, classical baselines and the model, and figures.
+"""Evaluation reports: degraded input vs classical baselines vs the model, and figures.
 
 A report compares, on one split of a prepared dataset, the PSNR / SSIM / accuracy
 (:mod:`deepfix.metrics`) of
@@ -34,8 +34,8 @@ from deepfix.metrics import ImageMetrics, compute_metrics
 from deepfix.training import PSNR_CAP
 
 __all__ = [
-    "DEGRADED",
     "BEST_CLASSICAL",
+    "DEGRADED",
     "MODEL",
     "EvaluationReport",
     "MetricSummary",
@@ -93,9 +93,7 @@ class EvaluationReport(BaseModel):
     per_type: dict[str, TypeSection]
     history_epochs: int = 0
     figures: dict[str, str] = Field(default_factory=dict)
-    created_at: str = Field(
-        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
-    )
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def headline(self, prefix: str | None = None) -> dict[str, float]:
         """Model metrics and their gains over the input and the best classical restoration,
@@ -328,8 +326,8 @@ def line_plot(
 
     def to_px(x: float, y: float) -> tuple[int, int]:
         return (
-            int(round(left + (x - x0) / (x1 - x0) * pw)),
-            int(round(top + ph - (y - y0) / (y1 - y0) * ph)),
+            round(left + (x - x0) / (x1 - x0) * pw),
+            round(top + ph - (y - y0) / (y1 - y0) * ph),
         )
 
     for ty in _nice_ticks(y0, y1):

@@ -26,6 +26,7 @@ files are not complete; a crash in between burns the number and leaves no listed
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
 from config_store import (
@@ -161,9 +162,7 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     """Split ``name``, ``name:3`` or ``name@production`` into (name, version, alias)."""
     match = _REF_PATTERN.fullmatch(ref.strip())
     if not match:
-        raise ModelStoreError(
-            f"bad model reference {ref!r}: use NAME, NAME:VERSION or NAME@ALIAS"
-        )
+        raise ModelStoreError(f"bad model reference {ref!r}: use NAME, NAME:VERSION or NAME@ALIAS")
     version = match["version"]
     return match["name"], int(version) if version else None, match["alias"]
 
@@ -458,10 +457,8 @@ class ModelStore:
         except Exception:
             logger.exception("registering %s:%d failed; cleaning up", name, version)
             _delete_dir(artifact_uri)
-            try:
+            with contextlib.suppress(NotFound):
                 self.store.delete(MODEL_VERSIONS, _version_key(name, version))
-            except NotFound:
-                pass
             raise
         logger.info("registered %s at %s", mv.ref, artifact_uri)
         return mv

@@ -87,11 +87,14 @@ class TrainConfig(BaseModel):
 
 
 def from_uint8(images: Sequence[np.ndarray] | np.ndarray) -> Tensor:
-    """``N x H x W x 3`` uint8 RGB (array or equal-size list) -> float ``(N, 3, H, W)`` in [0, 1]."""
+    """``N x H x W x 3`` uint8 RGB (array or list of one size) -> float ``(N, 3, H, W)``, [0, 1]."""
     stacked = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
     if stacked.ndim == 3:
         stacked = stacked[None]
-    return torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).float() / 255.0
+    arr = np.ascontiguousarray(stacked)
+    if not arr.flags.writeable:  # torch warns on read-only views (tiles, decoded buffers)
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
 
 
 def to_uint8(batch: Tensor) -> np.ndarray:
@@ -273,7 +276,7 @@ class MetricSums:
         names = [f.name for f in fields(self)]
         values = _reduce([float(getattr(self, n)) for n in names], torch.device(device))
         out = MetricSums(**dict(zip(names, values, strict=True)))
-        out.count = int(round(out.count))
+        out.count = round(out.count)
         return out
 
     def means(self, prefix: str = "val_") -> dict[str, float]:

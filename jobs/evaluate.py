@@ -99,7 +99,8 @@ def run(args: EvaluateArgs, *, store: ConfigStore | None = None) -> tuple[Evalua
         clean = [decode(bytes(b)) for b in batch["clean"]]
         degraded = [decode(bytes(b)) for b in batch["degraded"]]
         restored = _restore(model, degraded)
-        for c, d, r, types in zip(clean, degraded, restored, batch["degradation_types"], strict=True):
+        rows = zip(clean, degraded, restored, batch["degradation_types"], strict=True)
+        for c, d, r, types in rows:
             if args.limit is not None and builder.n >= args.limit:
                 break
             results, best = evaluate_sample(c, d, r, list(types or []))
@@ -123,9 +124,7 @@ def run(args: EvaluateArgs, *, store: ConfigStore | None = None) -> tuple[Evalua
     grid = sample_grid(grid_rows, ["clean", "degraded", BEST_CLASSICAL, "model"])
     models.write_file(version, f"{folder}/samples.png", encode(grid))
     models.write_file(version, f"{folder}/report.md", render_markdown(report).encode())
-    models.write_file(
-        version, f"{folder}/report.json", report.model_dump_json(indent=2).encode()
-    )
+    models.write_file(version, f"{folder}/report.json", report.model_dump_json(indent=2).encode())
     models.update_metrics(version.ref, report.headline())
     out = f"{version.artifact_uri.rstrip('/')}/{folder}"
     logger.info("evaluated %s on %s/%s: report in %s", version.ref, args.dataset, args.split, out)

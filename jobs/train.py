@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from config_store import ConfigStore, NotFound
+from config_store import ConfigStore, ConfigStoreError, NotFound, StoreUnavailable
 from config_store.settings import deepfix_home
 from deepfix.errors import DeepfixError
 from deepfix.model_store import (
@@ -441,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(ignore_reinit_error=True)
     try:
         version = run(args)
-    except DeepfixError as exc:
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (ConfigStoreError, DeepfixError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(version.ref)

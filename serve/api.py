@@ -33,6 +33,8 @@ from deepfix.faces import FaceBox
 from deepfix.io import DecodeLimits, decode, encode
 from deepfix.spec import DatasetSpec, DegradationSpec
 from serve.errors import InvalidRequest, ModelNotReady, install_error_handler
+from serve.web.routes import api_router as web_api_router
+from serve.web.routes import router as web_router
 
 __all__ = [
     "MEDIA_TYPES",
@@ -130,6 +132,8 @@ class BatchingInfo(BaseModel):
     max_batch_size: int
     batch_wait_timeout_s: float
     recent_batch_sizes: list[int] = Field(description="sizes of the replica's latest batches")
+    batches: int = Field(0, description="batches run since the replica started")
+    batched_calls: int = Field(0, description="forward calls in those batches")
 
 
 class ModelInfo(BaseModel):
@@ -467,17 +471,7 @@ def build_api(
         return Health(status="ready", model=f"{info.get('name')}:{info.get('version')}")
 
     if mount_web:
-        _mount_web(app)
+        # The dataset pages and their JSON API; the preview calls app.state.pipeline.
+        app.include_router(web_api_router)
+        app.include_router(web_router)
     return app
-
-
-def _mount_web(app: FastAPI) -> None:
-    try:
-        from serve.web import routes as web_routes
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("serve.web", "serve.web.routes"):
-            raise
-        log.warning("serve.web.routes is not there: the dataset web page is not mounted")
-        return
-    app.include_router(web_routes.api_router)
-    app.include_router(web_routes.router)

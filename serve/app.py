@@ -103,8 +103,7 @@ def build_app(args: AppArgs) -> Application:
         face_detection=args.face_detection,
         tiling=args.tiling,
         poll_s=args.model_poll_s,
-        # One thread per request that the replica may hold: every request can queue a tensor.
-        workers=args.enhancer.max_ongoing_requests,
+        workers=max(256, args.enhancer.max_ongoing_requests),
     )
     enhancer_options = args.enhancer.options()
     enhancer_options["ray_actor_options"]["num_gpus"] = args.num_gpus

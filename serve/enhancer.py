@@ -95,7 +95,9 @@ class EnhancerSettings(BaseModel):
     tiling: TilingOptions = Field(default_factory=TilingOptions)
     poll_s: float = Field(30.0, gt=0.0, description="re-resolve the ref this often as well")
     retry_s: float = Field(2.0, gt=0.0, description="retry a failed first load this often")
-    workers: int = Field(32, ge=1, le=1024, description="requests enhanced at once")
+    # Threads start only when needed; Serve's max_ongoing_requests is the real bound, so this
+    # only has to stay above it, whatever the config file sets it to.
+    workers: int = Field(256, ge=1, le=4096, description="threads for requests in flight")
     warmup: bool = Field(True, description="run one small forward after each load")
 
 
@@ -182,6 +184,8 @@ class Enhancer:
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
         self._batch = BatchConfig()
         self._observed: collections.deque[int] = collections.deque(maxlen=256)
+        self._batches = 0  # since start, with _batched_calls: the mean batch size over a window
+        self._batched_calls = 0
         self._current: _Loaded | None = None
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -293,6 +297,8 @@ class Enhancer:
         # The forward runs off the event loop so that the next batch can gather meanwhile.
         outputs, model_ms = await loop.run_in_executor(self._model_pool, _run_groups, items)
         self._observed.append(len(items))
+        self._batches += 1
+        self._batched_calls += len(items)
         self._metrics.batch(len(items), model_ms)
         return [(out, model_ms, len(items)) for out in outputs]
 
@@ -387,6 +393,8 @@ class Enhancer:
             "batching": {
                 **self._batch.model_dump(),
                 "recent_batch_sizes": list(self._observed),
+                "batches": self._batches,
+                "batched_calls": self._batched_calls,
             },
             "face_detector": self.settings.face_detection.detector,
         }

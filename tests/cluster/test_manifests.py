@@ -50,8 +50,9 @@ OBJECTS = [(p, d) for p in KUBERAY_FILES for d in _docs(p)]
 
 def _object_id(obj: tuple[Path, Any]) -> str:
     path, doc = obj
-    meta = doc.get("metadata") or {} if isinstance(doc, dict) else {}
-    return f"{path.name}:{doc.get('kind')}/{meta.get('name')}"
+    if not isinstance(doc, dict):
+        return path.name
+    return f"{path.name}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
 
 
 def _of_kind(kind: str) -> list[dict[str, Any]]:
@@ -125,8 +126,10 @@ def _all_pods() -> list[tuple[str, dict[str, str], dict[str, Any]]]:
     pods = _ray_pods()
     for sts in _of_kind("StatefulSet"):
         tpl = sts["spec"]["template"]
-        pods.append((f"StatefulSet/{sts['metadata']['name']}", tpl["metadata"]["labels"], tpl))
-    return [(n, labels, spec.get("spec", spec)) for n, labels, spec in pods]
+        pods.append(
+            (f"StatefulSet/{sts['metadata']['name']}", tpl["metadata"]["labels"], tpl["spec"])
+        )
+    return pods
 
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -298,12 +301,18 @@ def test_object_has_identity_in_deepfix_namespace(obj: tuple[Path, Any]) -> None
     _, doc = obj
     assert isinstance(doc, dict)
     assert doc.get("apiVersion") and doc.get("kind")
-    assert doc["metadata"]["name"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,45}[a-z0-9])?", doc["metadata"]["name"]), (
+        "KubeRay wants DNS-1035 names, and derived names (<name>-head-svc) must fit too"
+    )
     assert doc["metadata"].get("namespace") == _locals()["namespace"]
 
 
 def _check_ray_cluster_spec(spec: dict[str, Any]) -> None:
     head = spec["headGroupSpec"]
+    if spec.get("autoscalerOptions", {}).get("version") == "v2":
+        # KubeRay refuses autoscaler v2 with pods that the kubelet restarts itself.
+        templates = [head["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+        assert all(t["spec"].get("restartPolicy", "Never") == "Never" for t in templates)
     assert isinstance(head["rayStartParams"], dict)
     assert head["template"]["spec"]["containers"], "head has no containers"
     groups = spec["workerGroupSpecs"]
@@ -331,6 +340,8 @@ def _check_rayjob(doc: dict[str, Any]) -> None:
         _check_ray_cluster_spec(spec["rayClusterSpec"])
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime_env["working_dir"]
+    # KubeRay's webhook: a TTL only deletes what shutdownAfterJobFinishes tears down.
+    assert "ttlSecondsAfterFinished" not in spec or spec.get("shutdownAfterJobFinishes")
 
 
 def _check_rayservice(doc: dict[str, Any]) -> None:
@@ -420,7 +431,9 @@ def test_etcd_initial_cluster_names_every_member_by_its_stable_dns_name() -> Non
     members = dict(m.split("=", 1) for m in args["initial-cluster"].split(","))
     assert sorted(members) == [f"{name}-{i}" for i in range(sts["spec"]["replicas"])]
     for member, url in members.items():
-        assert re.fullmatch(rf"http://{member}\.{service}\.\$\(POD_NAMESPACE\)\.svc:{peer_port}", url)
+        assert re.fullmatch(
+            rf"http://{member}\.{service}\.\$\(POD_NAMESPACE\)\.svc:{peer_port}", url
+        )
     assert args["name"] == "$(POD_NAME)"
     assert args["initial-advertise-peer-urls"].startswith(f"http://$(POD_NAME).{service}.")
     env = _env(container)
@@ -435,9 +448,9 @@ def test_ray_pods_find_every_etcd_member() -> None:
     }
     for name, _, pod in _ray_pods():
         endpoints = _env(pod["containers"][0])["DEEPFIX_ETCD"]["value"].split(",")
-        hosts = {re.fullmatch(r"http://([^:/]+):(\d+)", e).group(1) for e in endpoints}  # type: ignore[union-attr]
-        assert hosts == members, name
-        assert all(e.endswith(f":{ETCD_CLIENT_PORT}") for e in endpoints), name
+        assert {e.removesuffix(f":{ETCD_CLIENT_PORT}") for e in endpoints} == {
+            f"http://{m}" for m in members
+        }, name
 
 
 def test_ray_pods_use_token_auth_from_the_cluster_secret() -> None:
@@ -516,10 +529,18 @@ def test_rayservice_keeps_every_application_of_the_serve_config_file() -> None:
         ]
         # Only the documented cluster overrides differ in args.
         changed = {
-            k for k in {**ours.get("args", {}), **theirs.get("args", {})}
+            k
+            for k in {**ours.get("args", {}), **theirs.get("args", {})}
             if ours.get("args", {}).get(k) != theirs.get("args", {}).get(k)
         }
         assert changed <= set(cluster_args), changed
+
+
+def test_rayservice_serve_config_satisfies_serves_schema() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    rendered = yaml.safe_load(_one("RayService")["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(rendered)
 
 
 def test_rayservice_listens_where_kuberay_serve_service_looks() -> None:

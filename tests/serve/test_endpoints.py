@@ -52,8 +52,11 @@ def _raw_http(url: str, head: str, chunks: list[bytes], *, timeout: float = 30.0
             except OSError:  # the server answered and closed: read what it said
                 break
         received = b""
-        while b"\r\n\r\n" not in received:
-            part = sock.recv(65536)
+        while True:  # the request said "Connection: close": read to the end
+            try:
+                part = sock.recv(65536)
+            except ConnectionResetError:
+                break
             if not part:
                 break
             received += part
@@ -330,3 +333,28 @@ def test_error_table_maps_classes_to_statuses(exc: Exception, status: int) -> No
     got, body = error_body(exc)
     assert got == status
     assert set(body) == {"error", "detail"}
+
+
+# -- serve/config.yaml, without Ray ----------------------------------------------------------
+
+
+def test_config_yaml_is_a_valid_serve_config_whose_args_build_the_app() -> None:
+    from pathlib import Path
+
+    import yaml
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import build_app
+
+    raw = yaml.safe_load((Path(__file__).parents[2] / "serve" / "config.yaml").read_text())
+    config = ServeDeploySchema.model_validate(raw)
+    (app_config,) = config.applications
+    assert app_config.import_path == "serve.app:build_app"
+    # The same call Serve makes: the typed builder's AppArgs validates the file's args.
+    app = call_user_app_builder_with_args_if_necessary(build_app, app_config.args)
+    assert app._bound_deployment.name == "Ingress"
+    named = {d.name for d in app_config.deployments}
+    assert named == {"Ingress", "Enhancer"}
+    enhancer = next(d for d in app_config.deployments if d.name == "Enhancer")
+    assert set(enhancer.user_config) == {"max_batch_size", "batch_wait_timeout_s"}
