@@ -21,6 +21,7 @@ from rich.table import Table
 from config_store.errors import ConfigStoreError, StoreUnavailable
 from deepfix import stack
 from deepfix.errors import DeepfixError
+from deepfix.models_cli import models_app
 
 __all__ = ["app", "main"]
 
@@ -31,6 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(models_app, name="models")
 out = Console()
 err = Console(stderr=True)
 

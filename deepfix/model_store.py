@@ -15,8 +15,8 @@ Layout in etcd (two collections of :mod:`config_store`):
 Artifacts of a version live under ``<root_uri>/<name>/<version>/``: ``model.safetensors``
 (the state dict), ``arch.json``, ``training.json``, ``metrics.json`` and any extra files
 (evaluation reports and figures are added later next to them). The root is a local folder
-(``$DEEPFIX_HOME/models`` by default), ``file://``, ``s3://`` or ``gs://``: every file goes
-through :mod:`pyarrow.fs`, so the code does not care which.
+(``<$DEEPFIX_STORAGE or $DEEPFIX_HOME>/models`` by default), ``file://``, ``s3://`` or
+``gs://``: every file goes through :mod:`pyarrow.fs`, so the code does not care which.
 
 Registration allocates a number (CAS on the record), writes the artifacts, writes the version
 document and only then lists the version in the record, so readers never see a version whose
@@ -50,10 +50,10 @@ from config_store import (
     NotFound,
     register_collection,
 )
-from config_store.settings import deepfix_home
 from config_store.store import Watcher
 from deepfix.errors import ModelStoreError
 from deepfix.models import ArchitectureConfig, build_model
+from deepfix.storage import join, storage_root
 
 __all__ = [
     "MODELS_COLLECTION",
@@ -274,13 +274,14 @@ class ModelStore:
 
     Args:
         store: the etcd document store; None connects with the default settings.
-        root_uri: where artifacts go; default ``$DEEPFIX_HOME/models``.
+        root_uri: where artifacts go; default ``<storage root>/models``, the storage root being
+            ``$DEEPFIX_STORAGE`` (shared by a cluster's nodes) or else ``$DEEPFIX_HOME``.
     """
 
     def __init__(self, store: ConfigStore | None = None, root_uri: str | None = None) -> None:
         _register_schemas()
         self.store = store or ConfigStore()
-        self.root_uri = root_uri or str(deepfix_home() / "models")
+        self.root_uri = root_uri or join(storage_root(), "models")
 
     # -- reads -----------------------------------------------------------------------------
 

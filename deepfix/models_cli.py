@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,7 +23,17 @@ from rich.table import Table
 
 from config_store.errors import ConfigStoreError, StoreUnavailable
 from deepfix.errors import DeepfixError, ModelStoreError
-from deepfix.model_store import ModelStore, parse_ref
+
+if TYPE_CHECKING:
+    from deepfix.model_store import ModelStore
+
+
+def _models() -> ModelStore:
+    # Imported on use: model_store pulls in torch (~1 s), which `deepfix up/status` never need.
+    from deepfix.model_store import ModelStore
+
+    return ModelStore()
+
 
 __all__ = ["EXIT_CODES", "app", "models_app"]
 
@@ -60,6 +70,8 @@ def _errors() -> Iterator[None]:
 
 
 def _exact(ref: str) -> tuple[str, int]:
+    from deepfix.model_store import parse_ref
+
     name, version, _ = parse_ref(ref)
     if version is None:
         raise ModelStoreError(f"{ref!r}: name an exact version, NAME:VERSION")
@@ -72,7 +84,7 @@ def list_(
 ) -> None:
     """Every registered version, with its aliases and validation metrics."""
     with _errors():
-        models = ModelStore()
+        models = _models()
         versions = models.list(name)
         aliases = {n: models.aliases(n) for n in sorted({v.name for v in versions})}
     table = Table(title="registered models")
@@ -101,7 +113,7 @@ def list_(
 def show(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS")) -> None:
     """One version's metadata as JSON (training history included)."""
     with _errors():
-        models = ModelStore()
+        models = _models()
         version = models.resolve(ref)
         held = [a for a, v in models.aliases(version.name).items() if v == version.version]
     out.print_json(json.dumps({**version.model_dump(mode="json"), "aliases": held}))
@@ -115,7 +127,7 @@ def promote(
     """Point an alias at a version (compare-and-swap in etcd)."""
     with _errors():
         name, version = _exact(ref)
-        ModelStore().promote(name, version, alias)
+        _models().promote(name, version, alias)
     out.print(f"{name}@{alias} -> {version}")
 
 
@@ -124,7 +136,7 @@ def delete(ref: str = typer.Argument(..., help="NAME:VERSION")) -> None:
     """Delete a version and its artifacts (refused while an alias points to it)."""
     with _errors():
         name, version = _exact(ref)
-        ModelStore().delete(name, version)
+        _models().delete(name, version)
     out.print(f"deleted {name}:{version}")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -273,11 +273,11 @@ class MetricSums:
 
     def reduced(self, device: torch.device | str = "cpu") -> MetricSums:
         """Summed over data-parallel workers (unchanged when not distributed)."""
-        names = [f.name for f in fields(self)]
-        values = _reduce([float(getattr(self, n)) for n in names], torch.device(device))
-        out = MetricSums(**dict(zip(names, values, strict=True)))
-        out.count = round(out.count)
-        return out
+        loss, psnr, ssim, acc, count = _reduce(
+            [self.loss, self.psnr, self.ssim, self.accuracy, float(self.count)],
+            torch.device(device),
+        )
+        return MetricSums(loss, psnr, ssim, acc, round(count))
 
     def means(self, prefix: str = "val_") -> dict[str, float]:
         if self.count == 0:

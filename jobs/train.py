@@ -34,7 +34,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from config_store import ConfigStore, ConfigStoreError, NotFound, StoreUnavailable
-from config_store.settings import deepfix_home
 from deepfix.errors import DeepfixError
 from deepfix.model_store import (
     MODEL_NAME_PATTERN,
@@ -43,6 +42,7 @@ from deepfix.model_store import (
     uri_filesystem,
 )
 from deepfix.models import build_model, load_arch_config
+from deepfix.storage import join, storage_root
 from deepfix.training import (
     MetricSums,
     TrainConfig,
@@ -155,9 +155,7 @@ def read_split(
     import ray.data
 
     fs, path = uri_filesystem(uri)
-    ds = ray.data.read_parquet(
-        path, filesystem=fs, columns=["split", *columns], ray_remote_args={"num_cpus": num_cpus}
-    )
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=["split", *columns], num_cpus=num_cpus)
     return ds.filter(expr=f"split == '{split}'").select_columns(list(columns))
 
 
@@ -185,7 +183,7 @@ def _maybe_fail(cfg: LoopConfig, epoch: int, rank: int, world: int) -> None:
     raise RuntimeError(f"injected failure at epoch {epoch} (rank {rank})")
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
+def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One data-parallel worker: train ``epochs``, report + checkpoint every epoch."""
     cfg = LoopConfig.model_validate(config)
     import ray.train
@@ -200,12 +198,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     model = build_model(tc.arch)
     state: dict[str, Any] = {"next_epoch": 1, "history": [], "resumes": []}
     checkpoint = ray.train.get_checkpoint()
-    optim_state = sched_state = None
+    saved: dict[str, Any] | None = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(Path(d) / _MODEL_FILE, map_location="cpu"))
             saved = torch.load(Path(d) / _OPTIM_FILE, map_location="cpu")
-            optim_state, sched_state = saved["optimizer"], saved["scheduler"]
             state = json.loads((Path(d) / _STATE_FILE).read_text())
         state["resumes"].append(state["next_epoch"])
         logger.info("rank %d resumes at epoch %d", rank, state["next_epoch"])
@@ -214,9 +211,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     inner = getattr(model, "module", model)
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc)
-    if optim_state is not None:
-        optimizer.load_state_dict(optim_state)
-        scheduler.load_state_dict(sched_state)
+    if saved is not None:
+        # After prepare_model: the optimizer state follows its parameters onto the device.
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
     amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp) if amp else None
 
@@ -272,7 +270,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-    return list(state["history"])
 
 
 # -------------------------------------------------------------------------------- driver
@@ -340,7 +337,7 @@ def run(args: TrainArgs, *, store: ConfigStore | None = None) -> ModelVersion:
         max_steps_per_epoch=args.limit_steps,
         seed=args.seed,
     )
-    storage = args.storage or str(deepfix_home() / "ray_results")
+    storage = args.storage or join(storage_root(), "ray_results")
     if _is_local(storage):
         Path(uri_filesystem(storage)[1]).mkdir(parents=True, exist_ok=True)
     run_name = _run_name(args, storage, model_name)
@@ -425,7 +422,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the latest run of the model")
     p.add_argument("--model-name", default=None, help="default: <dataset>-<arch>")
     p.add_argument("--run-name", default=None, help="Ray Train run folder name")
-    p.add_argument("--storage", default=None, help="default: $DEEPFIX_HOME/ray_results")
+    p.add_argument(
+        "--storage", default=None, help="default: <$DEEPFIX_STORAGE or $DEEPFIX_HOME>/ray_results"
+    )
     p.add_argument("--limit-steps", type=int, default=None, help="max steps per epoch")
     p.add_argument("--max-failures", type=int, default=2)
     p.add_argument("--fail-once-at-epoch", type=int, default=None, help=argparse.SUPPRESS)

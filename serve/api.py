@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = [
     "ModelInfo",
     "Pipeline",
     "RequestMetrics",
+    "Upload",
     "build_api",
     "read_upload",
 ]
@@ -134,6 +136,7 @@ class BatchingInfo(BaseModel):
     recent_batch_sizes: list[int] = Field(description="sizes of the replica's latest batches")
     batches: int = Field(0, description="batches run since the replica started")
     batched_calls: int = Field(0, description="forward calls in those batches")
+    in_flight: int = Field(0, description="enhance requests inside the replica now")
 
 
 class ModelInfo(BaseModel):
@@ -161,11 +164,12 @@ class Health(BaseModel):
 # -- uploads ---------------------------------------------------------------------------------
 
 
-class Upload(BaseModel):
+@dataclass(frozen=True)
+class Upload:
     """An uploaded image's bytes and the text fields of a multipart body."""
 
     data: bytes
-    fields: dict[str, str] = Field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 def _too_large(size: int | str, cap: int) -> ImageTooLarge:
@@ -367,6 +371,7 @@ def build_api(
             "X-Model-Ref": str(info.get("ref")),
             "X-Inference-Ms": f"{timings.get('enhance_ms', 0.0):.1f}",
             "X-Model-Ms": f"{timings.get('model_ms', 0.0):.1f}",
+            "X-Queue-Ms": f"{timings.get('queue_ms', 0.0):.1f}",
             "X-Total-Ms": f"{_ms(start):.1f}",
         }
         if faces_only:

@@ -59,6 +59,9 @@ def ray_session(etcd_server: LocalEtcd) -> Iterator[None]:
 
     if not ray.is_initialized():
         ray.init(
+            # "local" starts a private cluster even when a user's stack (RAY_ADDRESS, or a
+            # running head) is around: tests never touch someone else's Ray.
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

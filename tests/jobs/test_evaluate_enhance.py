@@ -201,3 +201,12 @@ def test_faces_only_enhancer_pastes_faces_back(registered: ModelVersion, tmp_pat
     result = cv2.cvtColor(cv2.imread(str(out / "astronaut.png")), cv2.COLOR_BGR2RGB)
     changed = np.any(result != photo, axis=2)
     assert 0 < changed.mean() < 0.5  # the face region, not the whole picture
+
+
+def test_evaluate_cli_unknown_model_exits_1(
+    store: ConfigStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.evaluate import main
+
+    assert main(["--model", "no-such-model", "--dataset", "tiny-eval"]) == 1
+    assert "no model named" in capsys.readouterr().err

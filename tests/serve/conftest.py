@@ -102,11 +102,17 @@ def served(ray_session: None, store: ConfigStore) -> Iterator[ServedApp]:
         # One replica each, so that concurrent requests meet in one batch queue; small CPU
         # shares so the app fits the session's 2 CPUs next to other Ray work.
         enhancer=Scaling(
-            min_replicas=1, max_replicas=1, max_ongoing_requests=32, max_queued_requests=64,
+            min_replicas=1,
+            max_replicas=1,
+            max_ongoing_requests=32,
+            max_queued_requests=64,
             num_cpus=0.5,
         ),
         ingress=Scaling(
-            min_replicas=1, max_replicas=1, max_ongoing_requests=64, max_queued_requests=128,
+            min_replicas=1,
+            max_replicas=1,
+            max_ongoing_requests=64,
+            max_queued_requests=128,
             num_cpus=0.25,
         ),
     )

@@ -22,8 +22,10 @@ def _enhance(url: str, data: bytes) -> requests.Response:
 def _metrics_port() -> int:
     import ray
 
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    return int(port)
+    # Not fixed by the session's ray.init: read it from this driver's node.
+    node = ray._private.worker.global_worker.node
+    assert node is not None, "ray is not initialised"
+    return int(node.metrics_export_port)
 
 
 def _scrape_until(pattern: str, timeout_s: float = 45.0) -> str:

@@ -159,7 +159,7 @@ def test_detect_finds_the_astronaut_face(served, face_jpeg) -> None:
     assert len(body["faces"]) >= 1
     face = body["faces"][0]
     assert 0 < face["score"] <= 1
-    assert 0 <= face["x"] and face["x"] + face["w"] <= 512
+    assert face["x"] >= 0 and face["x"] + face["w"] <= 512
 
 
 # -- degrade ---------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_degrade_explicit_list_json_variant(served, image_bytes) -> None:
     spec = [{"type": "jpeg", "p": 1.0, "quality": [30, 30]}]
     r = requests.post(
         f"{served.url}/v1/degrade",
-        params={"degradations": json.dumps(spec), "seed": 3, "response": "json"},
+        params={"degradations": json.dumps(spec), "seed": "3", "response": "json"},
         data=image_bytes(64, 64),
         timeout=TIMEOUT,
     )
@@ -340,6 +340,7 @@ def test_error_table_maps_classes_to_statuses(exc: Exception, status: int) -> No
 
 def test_config_yaml_is_a_valid_serve_config_whose_args_build_the_app() -> None:
     from pathlib import Path
+    from types import FunctionType
 
     import yaml
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
@@ -352,9 +353,52 @@ def test_config_yaml_is_a_valid_serve_config_whose_args_build_the_app() -> None:
     (app_config,) = config.applications
     assert app_config.import_path == "serve.app:build_app"
     # The same call Serve makes: the typed builder's AppArgs validates the file's args.
+    assert isinstance(build_app, FunctionType)
     app = call_user_app_builder_with_args_if_necessary(build_app, app_config.args)
     assert app._bound_deployment.name == "Ingress"
     named = {d.name for d in app_config.deployments}
     assert named == {"Ingress", "Enhancer"}
     enhancer = next(d for d in app_config.deployments if d.name == "Enhancer")
-    assert set(enhancer.user_config) == {"max_batch_size", "batch_wait_timeout_s"}
+    assert set(enhancer.user_config or {}) == {"max_batch_size", "batch_wait_timeout_s"}
+
+
+# -- readiness follows the model ---------------------------------------------------------------
+
+
+def test_readyz_is_503_until_the_model_exists_then_200(served, image_bytes) -> None:
+    """A second app on /late follows a model that is registered only after it started."""
+    import time
+
+    from ray import serve
+
+    from serve.app import AppArgs, Scaling, build_app
+
+    late = "serve-test-late"
+    args = AppArgs(
+        model=f"{late}@production",
+        enhancer=Scaling(min_replicas=1, max_replicas=1, num_cpus=0.25),
+        ingress=Scaling(min_replicas=1, max_replicas=1, num_cpus=0.1),
+    )
+    serve.run(build_app(args), name="deepfix-late", route_prefix="/late")
+    url = f"{served.url}/late"
+    try:
+        _assert_error(requests.get(f"{url}/readyz", timeout=TIMEOUT), 503, "model_not_ready")
+        r = requests.post(f"{url}/v1/enhance", data=image_bytes(), timeout=TIMEOUT)
+        _assert_error(r, 503, "model_not_ready")
+        assert requests.get(f"{url}/v1/models", timeout=TIMEOUT).json()["loaded"] is False
+
+        from deepfix.models import ArchitectureConfig, build_model
+
+        arch = ArchitectureConfig(name="unet_plain", kwargs={"base_channels": 4, "depth": 1})
+        version = served.models.register(late, build_model(arch), arch, metrics={}, training={})
+        served.models.promote(late, version.version, "production")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200:
+                break
+            time.sleep(0.5)
+        assert requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200
+        r = requests.post(f"{url}/v1/enhance", data=image_bytes(), timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers["x-model-name"] == late
+    finally:
+        serve.delete("deepfix-late")
