@@ -225,7 +225,7 @@ def test_file_uri_root(store: ConfigStore, tmp_path: Path, name: str) -> None:
 def test_cli_list_show_promote_delete(
     models: ModelStore, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("deepfix.models_cli.ModelStore", lambda: models)
+    monkeypatch.setattr("deepfix.models_cli._models", lambda: models)
     _register(models, name, seed=1)
     _register(models, name, seed=2)
     runner = CliRunner()
@@ -243,7 +243,7 @@ def test_cli_list_show_promote_delete(
 
 
 def test_cli_unknown_model_exits_1(models: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("deepfix.models_cli.ModelStore", lambda: models)
+    monkeypatch.setattr("deepfix.models_cli._models", lambda: models)
     result = CliRunner().invoke(models_app, ["show", "no-such-model"])
     assert result.exit_code == 1
     assert "no model named" in result.output
@@ -251,7 +251,7 @@ def test_cli_unknown_model_exits_1(models: ModelStore, monkeypatch: pytest.Monke
 
 def test_cli_store_unavailable_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     down = ConfigStore("http://127.0.0.1:9", timeout=0.5)
-    monkeypatch.setattr("deepfix.models_cli.ModelStore", lambda: ModelStore(down, str(tmp_path)))
+    monkeypatch.setattr("deepfix.models_cli._models", lambda: ModelStore(down, str(tmp_path)))
     result = CliRunner().invoke(models_app, ["list"])
     assert result.exit_code == 3, result.output
 
