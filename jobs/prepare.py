@@ -36,6 +36,7 @@ from typing import Any
 
 import cv2
 import pyarrow as pa
+import pydantic
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.data import Dataset
@@ -94,7 +95,9 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepareArgs:
     )
     parser.add_argument("--dataset", required=True, help="dataset spec name in etcd")
     parser.add_argument(
-        "--output", help="root path or URI (s3://, gs://, file://); default $DEEPFIX_HOME/datasets"
+        "--output",
+        help="root path or URI (s3://, gs://, file://) under which <version>/ is written; "
+        "default $DEEPFIX_HOME/datasets/<dataset>",
     )
     parser.add_argument("--limit", type=int, help="prepare only the first N listed images")
     parser.add_argument("--batch-size", type=int, default=32, help="images per map task")
@@ -105,14 +108,18 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepareArgs:
         help="refuse http(s) sources on private addresses (as the web service does)",
     )
     ns = parser.parse_args(argv)
-    return PrepareArgs(
-        dataset=ns.dataset,
-        output=ns.output,
-        limit=ns.limit,
-        batch_size=ns.batch_size,
-        num_cpus=ns.num_cpus,
-        allow_private=not ns.deny_private,
-    )
+    try:
+        return PrepareArgs(
+            dataset=ns.dataset,
+            output=ns.output,
+            limit=ns.limit,
+            batch_size=ns.batch_size,
+            num_cpus=ns.num_cpus,
+            allow_private=not ns.deny_private,
+        )
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        parser.error(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
 
 
 # ------------------------------------------------------------------------------- Ray pieces
@@ -162,6 +169,17 @@ class _SampleSink(Datasink[BlockSummary]):
         self.summary = BlockSummary.merge(write_result.write_returns)
 
 
+def _num_blocks(n: int, batch_size: int, num_cpus: float) -> int:
+    """Blocks of at most ``batch_size`` items, rounded up to a multiple of the task slots.
+
+    The last round of tasks is the tail where some CPUs idle: 13 blocks on 2 slots run in 7
+    rounds, the last one half empty, while 14 slightly smaller blocks fill all 7.
+    """
+    slots = max(1, math.floor(ray.cluster_resources().get("CPU", 1) / num_cpus))
+    blocks = math.ceil(n / batch_size)
+    return max(1, min(n, math.ceil(blocks / slots) * slots))
+
+
 def build_dataset(
     items: Sequence[str],
     spec: DatasetSpec,
@@ -170,10 +188,11 @@ def build_dataset(
     num_cpus: float,
     allow_private: bool,
 ) -> Dataset:
-    """The lazy Ray Data pipeline: one block of ``batch_size`` paths per map task, each
+    """The lazy Ray Data pipeline: blocks of at most ``batch_size`` paths, one map task each,
     turned into a :data:`deepfix.prepare.BATCH_SCHEMA` table by one fused UDF."""
     ds = ray.data.from_items(
-        [{"path": p} for p in items], override_num_blocks=max(1, math.ceil(len(items) / batch_size))
+        [{"path": p} for p in items],
+        override_num_blocks=_num_blocks(len(items), batch_size, num_cpus),
     )
     udf = functools.partial(
         _prepare_block,
@@ -315,4 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module's functions as ``jobs.prepare``, not ``__main__``: Ray pickles the UDF
+    # by module and name, and a worker's ``__main__`` is Ray's own worker script.
+    from jobs.prepare import main as _main
+
+    sys.exit(_main())
