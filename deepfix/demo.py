@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from config_store import ConfigStore, NotFound
 from config_store.settings import deepfix_home
 
 console = Console()
@@ -129,9 +130,7 @@ def _submit(module: str, *args: str) -> None:
         raise StepFailed(f"job {module} failed (exit {proc.returncode}); its logs are above")
 
 
-def _store():  # type: ignore[no-untyped-def]
-    from config_store import ConfigStore
-
+def _store() -> ConfigStore:
     return ConfigStore()
 
 
@@ -140,7 +139,7 @@ def step_prepare() -> None:
     spec_revision = store.get("datasets", DATASET).revision
     try:
         prepared = store.get("prepared", DATASET).value
-    except Exception:
+    except NotFound:
         prepared = None
     if prepared and prepared.get("spec_revision") == spec_revision:
         console.print(f"prepared {DATASET} {prepared['version']} matches the spec: reusing it")
@@ -149,10 +148,13 @@ def step_prepare() -> None:
 
 
 def _model_for(version: str):  # type: ignore[no-untyped-def]
-    from deepfix.model_store import ModelStore
+    from deepfix.model_store import ModelNotFound, ModelStore
 
-    models = ModelStore()
-    found = [v for v in models.list(MODEL) if v.dataset_version == version]
+    try:
+        versions = ModelStore().list(MODEL)
+    except ModelNotFound:
+        return None
+    found = [v for v in versions if v.dataset_version == version]
     return max(found, key=lambda v: v.version) if found else None
 
 

@@ -128,7 +128,17 @@ REJECT_SCHEMA = pa.schema(
 )
 """One row per file that yielded nothing because it is bad (not for ``skip``ped faceless ones)."""
 
-IMAGE_COLUMNS = ("source", "policy", "faces", "samples", "source_width", "source_height")
+IMAGE_COLUMNS = (
+    "source",
+    "policy",
+    "faces",
+    "samples",
+    "source_width",
+    "source_height",
+    "reason",
+    "detail",
+)
+"""The columns of the per-image rows that :func:`split_batch` returns beside the samples."""
 _IMAGE_FIELDS = [
     pa.field("kind", pa.string(), nullable=False),
     pa.field("policy", pa.string()),
@@ -420,11 +430,9 @@ def outcomes_to_table(outcomes: Iterable[ImageOutcome]) -> pa.Table:
             cols["height"].append(s.height)
             cols["width"].append(s.width)
     n_samples = len(cols["id"])
-    for name in ("kind", "policy", "faces", "samples", "source_width", "source_height"):
+    for name in IMAGE_COLUMNS[1:]:
         cols[name] = [None] * n_samples
     cols["kind"] = ["sample"] * n_samples
-    cols["reason"] = [None] * n_samples
-    cols["detail"] = [None] * n_samples
     sample_only = [n for n in SAMPLE_SCHEMA.names if n != "source"]
     for img in images:
         for name in sample_only:
@@ -442,11 +450,11 @@ def outcomes_to_table(outcomes: Iterable[ImageOutcome]) -> pa.Table:
 
 
 def split_batch(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(sample rows as :data:`SAMPLE_SCHEMA`, image rows with :data:`IMAGE_COLUMNS`, ``reason``
-    and ``detail``) of a :data:`BATCH_SCHEMA` table."""
+    """(sample rows as :data:`SAMPLE_SCHEMA`, image rows with :data:`IMAGE_COLUMNS`) of a
+    :data:`BATCH_SCHEMA` table."""
     is_sample = pc.equal(batch["kind"], "sample")
     samples = batch.filter(is_sample).select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
-    images = batch.filter(pc.invert(is_sample)).select([*IMAGE_COLUMNS, "reason", "detail"])
+    images = batch.filter(pc.invert(is_sample)).select(list(IMAGE_COLUMNS))
     return samples, images
 
 
@@ -471,8 +479,8 @@ def write_table(table: pa.Table, directory_uri: str, name: str) -> str:
     fs, directory = _filesystem(directory_uri)
     fs.create_dir(directory, recursive=True)
     codecs = {
-        name: ("NONE" if pa.types.is_binary(table.schema.field(name).type) else "SNAPPY")
-        for name in table.column_names
+        col: ("NONE" if pa.types.is_binary(table.schema.field(col).type) else "SNAPPY")
+        for col in table.column_names
     }
     pq.write_table(table, _join(directory, name), filesystem=fs, compression=codecs)
     return _join(directory_uri, name)
@@ -510,9 +518,7 @@ class BlockSummary:
     splits: Counter[str] = field(default_factory=Counter)
     degradations: Counter[str] = field(default_factory=Counter)
     images: pa.Table = field(
-        default_factory=lambda: BATCH_SCHEMA.empty_table().select(
-            [*IMAGE_COLUMNS, "reason", "detail"]
-        )
+        default_factory=lambda: BATCH_SCHEMA.empty_table().select(list(IMAGE_COLUMNS))
     )
     files: list[str] = field(default_factory=list)
 

@@ -30,7 +30,7 @@ import requests
 from pydantic import BaseModel
 
 from config_store.errors import StoreUnavailable
-from config_store.server import LocalEtcd
+from config_store.server import LocalEtcd, free_port
 from config_store.settings import deepfix_home, etcd_record_path
 from deepfix.errors import StackError
 
@@ -235,6 +235,11 @@ def _start_ray(settings: StackSettings, timeout: float = 90.0) -> ServiceStatus:
         return current
     ensure_ray_token()
     host = "127.0.0.1"
+    if _port_open(host, settings.agent_port):
+        # Another Ray on this machine (a test session, a second stack) holds the agent's
+        # default port; ours would never come up and jobs would fail with "No available
+        # agent". Nobody addresses the agent directly, so any free port will do.
+        settings = settings.model_copy(update={"agent_port": free_port(host)})
     cmd = [
         _bin("ray"),
         "start",

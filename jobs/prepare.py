@@ -194,6 +194,13 @@ def build_dataset(
         [{"path": p} for p in items],
         override_num_blocks=_num_blocks(len(items), batch_size, num_cpus),
     )
+    # Ray Data's per-operator resource budget follows the cluster autoscaler's grants, which
+    # start at zero and grow over seconds, so every run began with one task at a time (the
+    # progress log says "backpressured: ResourceBudget"). This pipeline is one fused
+    # map->write operator whose outputs are tiny summaries, so there is no memory to
+    # protect: Ray core's CPU scheduling alone bounds concurrency. Set on this dataset's own
+    # context only, never the process-wide one.
+    ds.context.op_resource_reservation_enabled = False
     udf = functools.partial(
         _prepare_block,
         spec_json=spec.model_dump_json(),
