@@ -153,10 +153,11 @@ def read_split(
             training workers on small clusters.
     """
     import ray.data
+    from ray.data.expressions import col
 
     fs, path = uri_filesystem(uri)
     ds = ray.data.read_parquet(path, filesystem=fs, columns=["split", *columns], num_cpus=num_cpus)
-    return ds.filter(expr=f"split == '{split}'").select_columns(list(columns))
+    return ds.filter(expr=col("split") == split).select_columns(list(columns))
 
 
 # --------------------------------------------------------------------------- worker loop
