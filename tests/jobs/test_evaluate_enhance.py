@@ -113,9 +113,13 @@ def registered(store: ConfigStore, deepfix_home: Path) -> ModelVersion:
         }
         for e in range(1, 4)
     ]
+    model = build_model(TINY)
+    # A fresh U-Net is the identity (zero-initialised head); give it a visible correction so
+    # the tests can tell where the model was applied.
+    torch.nn.init.normal_(model.head.weight, std=0.05)
     return ModelStore(store).register(
         "eval-model",
-        build_model(TINY),
+        model,
         TINY,
         metrics={"val_psnr": 23.0},
         training={"history": history},
