@@ -45,8 +45,14 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy config_store deepfix jobs serve
 
+# Each script measures its baseline in the same run and rewrites its own section of
+# docs/benchmarks.md. Run them on a quiet machine.
 bench: setup
-	$(PY) bench/config_store.py
+	$(PY) -m bench.config_store --doc
+	$(PY) -m bench.prepare --doc
+	$(PY) -m bench.train --doc
+	$(PY) -m bench.infer --doc
+	$(PY) -m bench.serve --doc
 
 up: setup
 	$(BIN)/deepfix up

@@ -1,6 +1,6 @@
 """config.get latency (p50/p99) against a local etcd, a cached read, create/update throughput.
 
-    python bench/config_store.py [--reads 2000] [--writes 500] [--no-write-doc]
+    python -m bench.config_store [--reads 2000] [--writes 500] [--doc]
 
 Uses DEEPFIX_ETCD when set; otherwise starts a private etcd on free loopback ports.
 """
@@ -16,28 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Run as a script, this file's folder is sys.path[0], where this very file would shadow the
-# config_store package; drop it and load the shared report helper by path instead.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
-from config_store import ConfigStore  # noqa: E402
-from config_store.config import Config  # noqa: E402
-from config_store.server import LocalEtcd, free_port  # noqa: E402
-
-
-def _load_report():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_report", Path(__file__).parent / "_report.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_report = _load_report()
-machine, stamp, write_section = _report.machine, _report.stamp, _report.write_section
+from bench._report import machine, stamp, write_section
+from config_store import ConfigStore
+from config_store.config import Config
+from config_store.server import LocalEtcd, free_port
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:
@@ -58,7 +40,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--writes", type=int, default=500)
-    ap.add_argument("--no-write-doc", action="store_true", help="print only")
+    ap.add_argument("--doc", action="store_true", help="rewrite the section of docs/benchmarks.md")
     args = ap.parse_args()
 
     server = None
@@ -119,7 +101,7 @@ def main() -> int:
         f"reports a change.\n"
     )
     print(md)
-    if not args.no_write_doc:
+    if args.doc:
         write_section("config_store", md)
     return 0
 

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/infer.py [--arch unet_r2] [--size 256] [--batch-sizes 1,2,4,8,16,32]
-                          [--channels-last both|on|off] [--json OUT]
+    python -m bench.infer [--arch unet_r2] [--size 256] [--batch-sizes 1,2,4,8,16,32]
+                          [--channels-last both|on|off] [--json OUT] [--doc]
 
 For each batch size the network (a U-Net after Ronneberger et al. 2015 / R2U-Net after Alom et
 al. 2018, see ``deepfix.models``) runs under ``torch.inference_mode`` in eval mode: warm-up
@@ -33,6 +33,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from bench import _report
 from deepfix.models import (
     ArchitectureConfig,
     build_model,
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=1.5, help="minimum timed seconds")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--doc", action="store_true", help="rewrite docs/benchmarks.md section")
     args = parser.parse_args(argv)
 
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.channels_last]
@@ -266,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         min_time=args.min_time,
         matmul_n=args.matmul_n,
     )
-    print(_markdown(report))
+    md = f"## Inference throughput (`bench/infer.py`)\n\n{_report.stamp()}; {_markdown(report)}"
+    print(md)
+    if args.doc:
+        _report.write_section("infer", md)
     if args.json is not None:
         args.json.write_text(json.dumps(report.model_dump(), indent=2) + "\n")
     return 0

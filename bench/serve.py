@@ -1,8 +1,8 @@
 """Closed-loop load on ``POST /v1/enhance`` over loopback, batching off and on, vs in-process.
 
-    python bench/serve.py [--requests 48] [--concurrency 1,8,32] [--batch-sizes 1,8]
+    python -m bench.serve [--requests 48] [--concurrency 1,8,32] [--batch-sizes 1,8]
                           [--size 256] [--arch unet_r2] [--level-cap-s 90] [--wall-cap-s 900]
-                          [--json OUT] [--write-doc]
+                          [--json OUT] [--doc]
 
 For each ``max_batch_size`` the app is (re)deployed with that ``user_config``; for each
 concurrency ``c``, ``c`` client threads each send one request, wait for the answer, send the
@@ -34,18 +34,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-# Run as a script, this file's folder is sys.path[0], where this very file would shadow the
-# `serve` package; put the repository root there instead (Ray workers get it via PYTHONPATH).
+import cv2
+import numpy as np
+import requests
+from pydantic import BaseModel
+
+from bench import _report
+
+# Ray workers import `serve.*` from the repository root (given to them via PYTHONPATH).
 _ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(_ROOT)
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
 
 log = logging.getLogger("bench.serve")
 
@@ -79,16 +77,6 @@ class Report(BaseModel):
     load_average_before: tuple[float, float, float] | None
     load_average_after: tuple[float, float, float] | None
     levels: list[Level]
-
-
-def _load_report() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_report", Path(__file__).parent / "_report.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _loadavg() -> tuple[float, float, float] | None:
@@ -302,7 +290,6 @@ def run(
 
     from config_store.server import free_port
 
-    report_helpers = _load_report()
     started = time.monotonic()
     load_before = _loadavg()
     cpus = os.cpu_count() or 2
@@ -348,8 +335,8 @@ def run(
             serve.shutdown()
         more_model, more_total, batch8_after = _in_process(images, repeats=12)
     return Report(
-        machine=report_helpers.machine(),
-        stamp=report_helpers.stamp(),
+        machine=_report.machine(),
+        stamp=_report.stamp(),
         arch=arch,
         size=size,
         batch_wait_timeout_s=batch_wait_s,
@@ -417,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wall-cap-s", type=float, default=900.0, help="wall cap overall")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument(
-        "--write-doc", action="store_true", help="replace the serve section of docs/benchmarks.md"
+        "--doc", action="store_true", help="replace the serve section of docs/benchmarks.md"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -435,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json is not None:
         args.json.write_text(json.dumps(report.model_dump(), indent=2) + "\n")
-    if args.write_doc:
-        _load_report().write_section("serve", text)
+    if args.doc:
+        _report.write_section("serve", text)
     return 0
 
 

@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
 
+from bench import _report
+
 
 class SideResult(BaseModel):
     setup: str
@@ -309,21 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report.model_dump(), indent=2))
     if args.doc:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location(
-            "_report", Path(__file__).resolve().parent / "_report.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.write_section("train", md)
+        _report.write_section("train", md)
     return 0
 
 
 if __name__ == "__main__":
-    # Run as a script, bench/ is sys.path[0]; the repo root is needed for ``jobs``.
-    root = str(Path(__file__).resolve().parent.parent)
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path[0] = root
     sys.exit(main())
