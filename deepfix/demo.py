@@ -16,8 +16,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from deepfix.model_store import ModelVersion
 
 from config_store import ConfigStore, NotFound
 from config_store.settings import deepfix_home
@@ -147,7 +151,8 @@ def step_prepare() -> None:
     _submit("jobs.prepare", "--dataset", DATASET)
 
 
-def _model_for(version: str):  # type: ignore[no-untyped-def]
+def _model_for(version: str) -> ModelVersion | None:
+    """The newest version of MODEL trained on the prepared ``version``, if any."""
     from deepfix.model_store import ModelNotFound, ModelStore
 
     try:

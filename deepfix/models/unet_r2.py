@@ -188,7 +188,8 @@ class UNet(nn.Module):
         # a random head adds a large random correction (L1 ~0.25 at epoch 1, measured on the
         # demo set) that training must first unlearn, before it can improve on the input.
         nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
 
     def correction(self, x: Tensor) -> Tensor:
         """The predicted correction ``forward(x) - x``, same shape as ``x``."""
