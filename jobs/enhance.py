@@ -30,9 +30,9 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from config_store import ConfigStore, ConfigStoreError, StoreUnavailable
+from config_store import ConfigStore
 from deepfix.enhance import EnhanceOptions, enhance_faces, enhance_many
-from deepfix.errors import DeepfixError, ImageError, ModelStoreError, SourceError
+from deepfix.errors import ImageError, ModelStoreError, SourceError
 from deepfix.io import decode, encode
 from deepfix.model_store import (
     ModelStore,
@@ -43,6 +43,7 @@ from deepfix.model_store import (
 )
 from deepfix.sources import list_images, read_item
 from deepfix.spec import FaceDetectionSpec
+from jobs._exit import run_reporting_errors
 
 __all__ = ["EnhanceArgs", "ImageEnhancer", "Manifest", "ManifestEntry", "main", "run"]
 
@@ -249,16 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(ignore_reinit_error=True)
-    try:
+
+    def body() -> int:
         manifest = run(args)
-    except StoreUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except (ConfigStoreError, DeepfixError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"output": args.output, **manifest.counts}))
-    return 0
+        print(json.dumps({"output": args.output, **manifest.counts}))
+        return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pydantic import BaseModel, ConfigDict, Field
 
-from config_store import ConfigStore, ConfigStoreError, StoreUnavailable
+from config_store import ConfigStore
 from deepfix.enhance import restore_batch
 from deepfix.errors import DeepfixError
 from deepfix.evaluation import (
@@ -43,6 +43,7 @@ from deepfix.evaluation import (
 )
 from deepfix.io import decode, encode
 from deepfix.model_store import ModelStore, load_model_version, uri_filesystem
+from jobs._exit import run_reporting_errors
 from jobs.train import resolve_prepared
 
 __all__ = ["EvaluateArgs", "iter_split", "main", "run"]
@@ -146,16 +147,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = EvaluateArgs.model_validate(vars(_parser().parse_args(argv)))
-    try:
+
+    def body() -> int:
         report, out = run(args)
-    except StoreUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except (ConfigStoreError, DeepfixError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"report": out, **report.headline()}, indent=2))
-    return 0
+        print(json.dumps({"report": out, **report.headline()}, indent=2))
+        return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from config_store import ConfigStore, ConfigStoreError, NotFound, StoreUnavailable
+from config_store import ConfigStore, NotFound
 from deepfix.errors import DeepfixError
 from deepfix.model_store import (
     MODEL_NAME_PATTERN,
@@ -52,6 +52,7 @@ from deepfix.training import (
     train_epoch,
     validate,
 )
+from jobs._exit import run_reporting_errors
 
 __all__ = [
     "LoopConfig",
@@ -439,16 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(ignore_reinit_error=True)
-    try:
+
+    def body() -> int:
         version = run(args)
-    except StoreUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except (ConfigStoreError, DeepfixError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(version.ref)
-    return 0
+        print(version.ref)
+        return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepfix.errors import CorruptImage, ImageTooLarge
-from deepfix.faces import FaceBox
 from deepfix.io import DecodeLimits, decode, encode
 from deepfix.spec import DatasetSpec, DegradationSpec
 from serve.errors import InvalidRequest, ModelNotReady, install_error_handler
+from serve.web.routes import PreviewPipeline
 from serve.web.routes import api_router as web_api_router
 from serve.web.routes import router as web_router
 
@@ -74,18 +74,9 @@ class Limits(BaseModel):
         return DecodeLimits(max_pixels=self.max_pixels, max_bytes=self.max_upload_bytes)
 
 
-class Pipeline(Protocol):
-    """The work behind the routes; ``serve.ingress.ServePipeline`` is the Serve-backed one."""
-
-    async def detect(self, image: np.ndarray) -> list[FaceBox]: ...
-
-    async def degrade(
-        self, image: np.ndarray, specs: list[DegradationSpec], seed: int
-    ) -> tuple[np.ndarray, list[dict[str, Any]]]: ...
-
-    async def enhance(
-        self, image: np.ndarray, faces_only: bool
-    ) -> tuple[np.ndarray, dict[str, Any]]: ...
+class Pipeline(PreviewPipeline, Protocol):
+    """The work behind the routes; ``serve.ingress.ServePipeline`` is the Serve-backed one.
+    The web page's preview needs the detect/degrade/enhance part (``PreviewPipeline``)."""
 
     async def dataset(self, name: str) -> DatasetSpec: ...
 

@@ -172,8 +172,13 @@ def _error_body(exc: Exception, error: str) -> dict[str, Any]:
     return body
 
 
-class _JsonErrorRoute(APIRoute):
-    """Routes whose errors (``_ERRORS``) become ``{"error": ..., "detail": ...}`` JSON."""
+class _MappedErrorRoute(APIRoute):
+    """Routes whose errors listed in ``_ERRORS`` are answered by ``render``; others propagate
+    to the host app's handler."""
+
+    @staticmethod
+    def render(request: Request, exc: Exception, status: int, error: str) -> Response:
+        raise NotImplementedError
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -188,35 +193,30 @@ class _JsonErrorRoute(APIRoute):
                 status, error = mapped
                 if status >= 500:
                     logger.warning("%s %s: %s", request.method, request.url.path, exc)
-                return JSONResponse(_error_body(exc, error), status_code=status)
+                return self.render(request, exc, status, error)
 
         return route
 
 
-class _HtmlErrorRoute(APIRoute):
-    """Routes whose errors (``_ERRORS``) become an HTML error page."""
+class _JsonErrorRoute(_MappedErrorRoute):
+    """Errors become ``{"error": ..., "detail": ...}`` JSON."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    @staticmethod
+    def render(request: Request, exc: Exception, status: int, error: str) -> Response:
+        return JSONResponse(_error_body(exc, error), status_code=status)
 
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:
-                mapped = _classify(exc)
-                if mapped is None:
-                    raise
-                status, error = mapped
-                if status >= 500:
-                    logger.warning("%s %s: %s", request.method, request.url.path, exc)
-                return _page(
-                    request,
-                    "error.html",
-                    {"title": _ERROR_TITLES.get(error, "Error"), "status": status, "message": exc},
-                    status=status,
-                )
 
-        return route
+class _HtmlErrorRoute(_MappedErrorRoute):
+    """Errors become an HTML error page."""
+
+    @staticmethod
+    def render(request: Request, exc: Exception, status: int, error: str) -> Response:
+        return _page(
+            request,
+            "error.html",
+            {"title": _ERROR_TITLES.get(error, "Error"), "status": status, "message": exc},
+            status=status,
+        )
 
 
 _ERROR_TITLES = {
