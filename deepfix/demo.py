@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,6 +200,12 @@ def step_serve() -> None:
         raise StepFailed("no trained model to serve")
     _cli("deepfix", "models", "promote", f"{MODEL}:{version.version}", "--alias", "production")
     console.print(f"promoted {MODEL}:{version.version} to production")
+    if _ready():
+        # The running app follows the production alias in etcd (no redeploy needed); wait
+        # until it serves the version just promoted.
+        console.print("the Serve app is already running: reusing it (it follows the alias)")
+        _wait_version(version.version)
+        return
     env = _ray_env()
     env["RAY_ADDRESS"] = "auto"  # serve run connects to the local head through its GCS
     cmd = [str(Path(sys.executable).parent / "serve"), "run", "--non-blocking", "serve/config.yaml"]
@@ -209,20 +216,37 @@ def step_serve() -> None:
     _wait_ready()
 
 
-def _wait_ready(timeout: float = 300.0) -> None:
-    import time
+def _ready() -> bool:
+    import requests
 
+    try:
+        return requests.get(f"{SERVE_URL}/readyz", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _wait_ready(timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _ready():
+            return
+        time.sleep(2)
+    raise StepFailed(f"{SERVE_URL}/readyz not ready after {timeout:.0f}s")
+
+
+def _wait_version(version: int, timeout: float = 120.0) -> None:
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{SERVE_URL}/readyz", timeout=5).status_code == 200:
+            served = requests.get(f"{SERVE_URL}/v1/models", timeout=5).json()
+            if int(served.get("version", -1)) == version:
                 return
-        except requests.RequestException:
+        except (requests.RequestException, ValueError, TypeError):
             pass
         time.sleep(2)
-    raise StepFailed(f"{SERVE_URL}/readyz not ready after {timeout:.0f}s")
+    raise StepFailed(f"the Serve app did not switch to version {version} in {timeout:.0f}s")
 
 
 def step_enhance() -> None:
