@@ -1,5 +1,8 @@
 """The local stack, deepfix's embedded default: one etcd and one Ray head, on loopback.
 
+(Ray 2.60 binds a few of the head's ports beyond loopback whatever the flags say — GCS,
+client server, agent, metrics export; see the README. Its gRPC ones still require the token.)
+
 ``up`` is idempotent: it starts what is not already running and records each service's
 address and process in ``$DEEPFIX_HOME/run/<service>.json``; ``down`` stops only the processes
 recorded there (each started in its own session, so its process group is exactly what it
