@@ -6,19 +6,32 @@ Everything is generated in the test run; the only bundled data is scikit-image's
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from config_store import ConfigStore
+from config_store import ConfigStore, register_collection
+from deepfix.io import encode
+from deepfix.prepare import (
+    PREPARED_COLLECTION,
+    SAMPLE_SCHEMA,
+    FacesPerImage,
+    OutputLayout,
+    PreparedStats,
+    write_table,
+)
 
 
 @dataclass(frozen=True)
@@ -93,3 +106,104 @@ def make_spec(store: ConfigStore) -> Callable[..., dict[str, Any]]:
         return store.put("datasets", name, value).value
 
     return make
+
+
+# -- a tiny prepared dataset, for the train/evaluate/enhance tests ------------------------------
+
+
+def _pair(i: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = (np.sin(xx / (2 + i % 5)) + np.cos(yy / (3 + i % 3))) * 60 + 128
+    clean = np.clip(np.stack([base, base[::-1], base.T], -1), 0, 255).astype(np.uint8)
+    kind = ("gaussian_noise", "salt_pepper", "shadow")[i % 3]
+    if kind == "gaussian_noise":
+        degraded = np.clip(clean + rng.normal(0, 15, clean.shape), 0, 255).astype(np.uint8)
+    elif kind == "salt_pepper":
+        degraded = clean.copy()
+        degraded[rng.random(clean.shape[:2]) < 0.05] = 255
+    else:
+        degraded = (clean * 0.6).astype(np.uint8)
+    return clean, degraded, kind
+
+
+def _default_split(i: int, n: int) -> str:
+    return "train" if i < n * 2 // 3 else ("val" if i < n * 5 // 6 else "test")
+
+
+def write_prepared(
+    store: ConfigStore,
+    root: Path,
+    name: str,
+    *,
+    n: int = 24,
+    size: int = 32,
+    version: str = "v1",
+    split_of: Callable[[int, int], str] | None = None,
+) -> str:
+    """A tiny prepared dataset, written as jobs.prepare writes one: Parquet shards of
+    ``SAMPLE_SCHEMA`` under the version's ``samples/`` and a valid ``prepared/<name>`` record."""
+    rng = np.random.default_rng(0)
+    layout = OutputLayout(str(root / name), version)
+    rows: dict[str, list] = {f: [] for f in SAMPLE_SCHEMA.names}
+    for i in range(n):
+        clean, degraded, kind = _pair(i, size, rng)
+        split = (split_of or _default_split)(i, n)
+        row = {
+            "id": f"s{i:03d}",
+            "split": split,
+            "clean": encode(clean),
+            "degraded": encode(degraded),
+            "params": json.dumps([{"type": kind}]),
+            "degradation_types": [kind],
+            "source": f"img{i}.png",
+            "face_index": 0,
+            "tile_index": None,
+            "box": None,
+            "height": size,
+            "width": size,
+        }
+        for k, v in row.items():
+            rows[k].append(v)
+    table = pa.Table.from_pydict(rows, schema=SAMPLE_SCHEMA)
+    write_table(table.slice(0, n // 2), layout.samples_uri, "part-0.parquet")
+    write_table(table.slice(n // 2), layout.samples_uri, "part-1.parquet")
+    splits = {s: rows["split"].count(s) for s in ("train", "val", "test")}
+    record = PreparedStats(
+        dataset=name,
+        version=layout.version,
+        spec_revision=1,
+        created_at=datetime.now(UTC),
+        version_uri=layout.version_uri,
+        samples_uri=layout.samples_uri,
+        rejects_uri=layout.rejects_uri,
+        manifest_uri=layout.manifest_uri,
+        sample_height=size,
+        sample_width=size,
+        seed=0,
+        samples=n,
+        shards=2,
+        splits=splits,
+        images_listed=n,
+        images_used=n,
+        faces_per_image=FacesPerImage(mean=0.0, histogram={}),
+        policies={"faces": 0, "whole": 0, "skipped": 0, "disabled": n},
+        rejected={},
+        rejected_total=0,
+        source_width=None,
+        source_height=None,
+        degradations=dict(Counter(t for types in rows["degradation_types"] for t in types)),
+        wall_time_s=1.0,
+        images_per_s=float(n),
+    )
+    register_collection("prepared", PREPARED_COLLECTION)
+    store.put("prepared", name, record.model_dump(mode="json"))
+    return layout.samples_uri
+
+
+WritePrepared = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def write_prepared_dataset() -> WritePrepared:
+    """``write_prepared``: a tiny prepared dataset in jobs.prepare's layout and etcd record."""
+    return write_prepared

@@ -7,100 +7,37 @@ training run.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
-from config_store import ConfigStore, register_collection
+from config_store import ConfigStore
 from deepfix.baselines import available_baselines
 from deepfix.evaluation import BEST_CLASSICAL, DEGRADED, MODEL
-from deepfix.io import encode
 from deepfix.model_store import ModelStore, ModelVersion
 from deepfix.models import ArchitectureConfig, build_model
-from deepfix.prepare import (
-    PREPARED_COLLECTION,
-    SAMPLE_SCHEMA,
-    FacesPerImage,
-    OutputLayout,
-    PreparedStats,
-    write_table,
-)
 
 TINY = ArchitectureConfig(name="unet_r2", kwargs={"base_channels": 4, "depth": 1, "t": 1})
 TYPES = ("gaussian_noise", "salt_pepper", "shadow")
 
 
-def _write_prepared(store: ConfigStore, root: Path, name: str, n: int = 12) -> None:
-    """A tiny prepared dataset as jobs.prepare writes one (10 test rows, 2 val rows)."""
-    rng = np.random.default_rng(0)
-    layout = OutputLayout(str(root / name), "7")
-    rows: dict[str, list] = {f: [] for f in SAMPLE_SCHEMA.names}
-    for i in range(n):
-        clean = cv2.GaussianBlur(rng.integers(40, 220, (32, 32, 3), dtype=np.uint8), (5, 5), 0)
-        kind = TYPES[i % 3]
-        if kind == "gaussian_noise":
-            degraded = np.clip(clean + rng.normal(0, 15, clean.shape), 0, 255).astype(np.uint8)
-        elif kind == "salt_pepper":
-            degraded = clean.copy()
-            degraded[rng.random((32, 32)) < 0.05] = 255
-        else:
-            degraded = (clean * 0.6).astype(np.uint8)
-        row = {
-            "id": f"s{i}",
-            "split": "test" if i < n - 2 else "val",
-            "clean": encode(clean),
-            "degraded": encode(degraded),
-            "params": json.dumps([{"type": kind}]),
-            "degradation_types": [kind],
-            "source": f"img{i}.png",
-            "face_index": 0,
-            "tile_index": None,
-            "box": None,
-            "height": 32,
-            "width": 32,
-        }
-        for k, v in row.items():
-            rows[k].append(v)
-    write_table(pa.Table.from_pydict(rows, schema=SAMPLE_SCHEMA), layout.samples_uri, "p.parquet")
-    record = PreparedStats(
-        dataset=name,
-        version=layout.version,
-        spec_revision=1,
-        created_at=datetime.now(UTC),
-        version_uri=layout.version_uri,
-        samples_uri=layout.samples_uri,
-        rejects_uri=layout.rejects_uri,
-        manifest_uri=layout.manifest_uri,
-        sample_height=32,
-        sample_width=32,
-        seed=0,
-        samples=n,
-        shards=1,
-        splits={"train": 0, "val": 2, "test": n - 2},
-        images_listed=n,
-        images_used=n,
-        faces_per_image=FacesPerImage(mean=0.0, histogram={}),
-        policies={"faces": 0, "whole": 0, "skipped": 0, "disabled": n},
-        rejected={},
-        rejected_total=0,
-        source_width=None,
-        source_height=None,
-        degradations={t: n // 3 for t in TYPES},
-        wall_time_s=1.0,
-        images_per_s=float(n),
-    )
-    register_collection("prepared", PREPARED_COLLECTION)
-    store.put("prepared", name, record.model_dump(mode="json"))
-
-
 @pytest.fixture(scope="module")
-def registered(store: ConfigStore, deepfix_home: Path) -> ModelVersion:
-    _write_prepared(store, deepfix_home / "prepared", "tiny-eval")
+def registered(
+    store: ConfigStore, deepfix_home: Path, write_prepared_dataset: Callable[..., str]
+) -> ModelVersion:
+    # 10 test rows and 2 val rows, three degradation types
+    write_prepared_dataset(
+        store,
+        deepfix_home / "prepared",
+        "tiny-eval",
+        n=12,
+        version="7",
+        split_of=lambda i, n: "test" if i < n - 2 else "val",
+    )
     torch.manual_seed(0)
     history = [
         {
