@@ -7,12 +7,9 @@ the preview uses ``LocalPipeline``, a library-built stand-in for the Serve ingre
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import cv2
@@ -23,18 +20,7 @@ import pytest
 from config_store import ConfigStore
 from config_store.server import free_port
 from deepfix.spec import DatasetSpec
-
-
-def _load_helpers() -> ModuleType:
-    path = Path(__file__).with_name("webapp_helpers.py")
-    spec = importlib.util.spec_from_file_location("_deepfix_webapp_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-web = _load_helpers()
+from tests.serve import webapp_helpers as web
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,15 @@ Screenshots go to the ``artifacts_dir`` (``test-artifacts/web-*.png``). The prev
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from config_store import ConfigStore
+from tests.serve import webapp_helpers as web
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -27,18 +26,6 @@ pytestmark = [
         reason="Debian chromium is not installed at /usr/bin/chromium (the Makefile installs it)",
     ),
 ]
-
-
-def _load_helpers() -> ModuleType:
-    path = Path(__file__).with_name("webapp_helpers.py")
-    spec = importlib.util.spec_from_file_location("_deepfix_webapp_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-web = _load_helpers()
 
 
 @pytest.fixture(scope="module")
