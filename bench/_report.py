@@ -15,15 +15,30 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """Recorded before and after each run: on a shared machine it says how much to trust it."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def fmt_load(load: tuple[float, float, float] | None) -> str:
+    return "n/a" if load is None else f"{load[0]:.2f}"
+
+
+def machine() -> str:
+    cpu = cpu_name()
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])

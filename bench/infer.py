@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -69,23 +68,6 @@ class Report(BaseModel):
     matmul_n: int
     matmul_gflops_per_s: float
     rows: list[Row]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> tuple[float, float, float] | None:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
 
 
 def _sync(device: torch.device) -> None:
@@ -152,7 +134,8 @@ def _markdown(report: Report) -> str:
         f"torch {report.torch_version}, {report.num_threads} threads; "
         f"matmul {report.matmul_n}x{report.matmul_n} fp32 = "
         f"{report.matmul_gflops_per_s:.1f} GFLOP/s; load average before/after "
-        f"{_fmt_load(report.load_average_before)} / {_fmt_load(report.load_average_after)}",
+        f"{_report.fmt_load(report.load_average_before)} / "
+        f"{_report.fmt_load(report.load_average_after)}",
         "",
         "| channels_last | batch | ms/batch | images/s | GFLOP/s | % of matmul |",
         "|---|---:|---:|---:|---:|---:|",
@@ -164,10 +147,6 @@ def _markdown(report: Report) -> str:
             f"| {100 * row.fraction_of_matmul:.0f} % |"
         )
     return "\n".join(lines)
-
-
-def _fmt_load(load: tuple[float, float, float] | None) -> str:
-    return "n/a" if load is None else f"{load[0]:.2f}"
 
 
 def run(
@@ -183,7 +162,7 @@ def run(
     matmul_n: int,
 ) -> Report:
     """Measure everything and return it (no printing)."""
-    load_before = _load()
+    load_before = _report.load_average()
     config = _config(arch)
     model: nn.Module = build_model(config).to(device).eval()
     summary = summarize(model, input_hw=(size, size))
@@ -231,10 +210,10 @@ def run(
         torch_version=torch.__version__,
         num_threads=torch.get_num_threads(),
         num_interop_threads=torch.get_num_interop_threads(),
-        cpu=_cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        cpu=_report.cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
         cpu_count=os.cpu_count(),
         load_average_before=load_before,
-        load_average_after=_load(),
+        load_average_after=_report.load_average(),
         matmul_n=matmul_n,
         matmul_gflops_per_s=peak,
         rows=rows,

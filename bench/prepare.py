@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel
 
+from bench import _report
 from deepfix.prepare import STAGES, Preparer, split_batch, write_table
 from deepfix.sources import list_images
 from deepfix.spec import DatasetSpec, FaceDetectionSpec
@@ -79,13 +80,6 @@ class Report(BaseModel):
     ratio_warm_vs_1_thread: float
     ratio_processes_vs_1_thread: float
     stage_ms_per_image: dict[str, float]
-
-
-def _load() -> tuple[float, float, float] | None:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
 
 
 def _init_ray(ray: Any) -> None:
@@ -208,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _init_ray(ray)
 
-        load_before = _load()
+        load_before = _report.load_average()
         serial: list[Side] = []
         serial_1: list[Side] = []
         procs: list[Side] = []
@@ -242,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             num_cpus_per_task=args.num_cpus,
             cpu_count=os.cpu_count(),
             load_average_before=load_before,
-            load_average_after=_load(),
+            load_average_after=_report.load_average(),
             opencv_threads_default=cv2.getNumThreads(),
             serial=serial,
             serial_1_thread=serial_1,
@@ -268,8 +262,8 @@ def _markdown(r: Report) -> str:
     lines = [
         f"{r.images} images from `{r.source}`, samples {r.size}x{r.size}, "
         f"batch {r.batch_size}, num_cpus/task {r.num_cpus_per_task:g}, {r.cpu_count} CPUs, "
-        f"load average before/after {_fmt_load(r.load_average_before)} / "
-        f"{_fmt_load(r.load_average_after)}",
+        f"load average before/after {_report.fmt_load(r.load_average_before)} / "
+        f"{_report.fmt_load(r.load_average_after)}",
         "",
         "| run | round | seconds | images/s | samples | x serial |",
         "|---|---|---|---|---|---|",
@@ -300,10 +294,6 @@ def _markdown(r: Report) -> str:
         f"{r.ratio_warm_vs_1_thread:.2f}x, plain processes {r.ratio_processes_vs_1_thread:.2f}x"
     )
     return "\n".join(lines)
-
-
-def _fmt_load(load: tuple[float, float, float] | None) -> str:
-    return "n/a" if load is None else f"{load[0]:.2f}"
 
 
 if __name__ == "__main__":

@@ -79,13 +79,6 @@ class Report(BaseModel):
     levels: list[Level]
 
 
-def _loadavg() -> tuple[float, float, float] | None:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
-
 def _pct(samples: list[float], q: float) -> float:
     s = sorted(samples)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -291,7 +284,7 @@ def run(
     from config_store.server import free_port
 
     started = time.monotonic()
-    load_before = _loadavg()
+    load_before = _report.load_average()
     cpus = os.cpu_count() or 2
     images = _images(8, size)
     levels: list[Level] = []
@@ -349,7 +342,7 @@ def run(
         ),
         in_process_batch8_ms_per_image=min(batch8, batch8_after),
         load_average_before=load_before,
-        load_average_after=_loadavg(),
+        load_average_after=_report.load_average(),
         levels=levels,
     )
 

@@ -76,25 +76,6 @@ class BenchReport(BaseModel):
         return self.ray.steady_samples_per_s / self.best_plain.steady_samples_per_s
 
 
-def _load() -> tuple[float, float, float] | None:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
-
-def _machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu or 'unknown'}), torch {torch.__version__}"
-
-
 def write_dataset(folder: Path, *, samples: int, size: int, seed: int = 0) -> str:
     """Noisy/clean PNG pairs, 7/8 ``train`` and 1/8 ``val``, in two Parquet shards."""
     from deepfix.io import encode
@@ -218,7 +199,7 @@ def run(
     from deepfix.training import TrainConfig
 
     config = TrainConfig(arch=load_arch_config(arch), epochs=epochs, batch_size=batch_size)
-    load_before = _load()
+    load_before = _report.load_average()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         uri = write_dataset(Path(tmp) / "data", samples=samples, size=size)
         # One intra-op thread, and as many as the Ray side has in total: on a busy machine
@@ -246,9 +227,9 @@ def run(
         samples=samples,
         batch_size=batch_size,
         epochs=epochs,
-        machine=_machine(),
+        machine=f"{_report.machine()}, torch {torch.__version__}",
         load_average_before=load_before,
-        load_average_after=_load(),
+        load_average_after=_report.load_average(),
         plain=plain,
         ray=ray_side,
     )

@@ -647,11 +647,17 @@ def check_host(host: str, port: int | None = None) -> list[str]:
     return addresses
 
 
-class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
-    # The check before the request cannot stop DNS rebinding (the name may resolve again,
-    # differently) or a redirect to an internal host; checking the connected peer does.
+class _PeerCheck:
+    """Mixin for urllib3 connections: refuse the socket if the connected peer is private.
+
+    The check before the request cannot stop DNS rebinding (the name may resolve again,
+    differently) or a redirect to an internal host; checking the connected peer does.
+    """
+
+    host: str
+
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
         try:
             _check_address(str(sock.getpeername()[0]), self.host)
         except BaseException:
@@ -660,15 +666,12 @@ class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
         return sock
 
 
-class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        try:
-            _check_address(str(sock.getpeername()[0]), self.host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+class _GuardedHTTPConnection(_PeerCheck, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_PeerCheck, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _GuardedHTTPPool(urllib3.HTTPConnectionPool):

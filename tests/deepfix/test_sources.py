@@ -487,3 +487,19 @@ def test_arrow_path_reads_archives_in_place(tmp_path: Path, encoded: Encoded) ->
 def test_arrow_path_missing_object_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
         open_arrow_source((tmp_path / "nothing").as_uri())
+
+
+@pytest.mark.parametrize("kind", ["http", "https"])
+def test_connection_to_a_private_peer_is_refused_after_connect(kind: str) -> None:
+    """The peer check catches what the pre-request check cannot (rebinding, redirects)."""
+    import socket
+
+    from deepfix.sources import _GuardedHTTPConnection, _GuardedHTTPSConnection
+
+    cls = _GuardedHTTPConnection if kind == "http" else _GuardedHTTPSConnection
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        conn = cls("127.0.0.1", listener.getsockname()[1])
+        with pytest.raises(UnsafeSource, match="private_address"):
+            conn._new_conn()
