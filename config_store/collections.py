@@ -47,7 +47,7 @@ class CollectionSchema:
 
 _registry: dict[str, CollectionSchema] = {}
 _lock = threading.Lock()
-_entry_points_loaded = False
+_loaded: set[str] = set()  # collection names whose entry point was looked up
 
 
 def check_name(kind: str, name: str) -> str:
@@ -69,25 +69,31 @@ def register_collection(name: str, schema: CollectionSchema, *, replace: bool = 
         _registry[name] = schema
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
+def _load_entry_point(name: str | None = None) -> None:
+    """Load the entry point of collection ``name`` (all of them when None), once each.
+
+    One at a time, because loading imports the defining module: the models schema pulls in
+    torch, which a ``deepfix-config`` call on datasets should not pay for.
+    """
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if (name is not None and ep.name != name) or ep.name in _loaded:
+            continue
         schema = ep.load()
         if not isinstance(schema, CollectionSchema):
             raise TypeError(f"entry point {ep.value} is not a CollectionSchema")
         with _lock:
             _registry.setdefault(ep.name, schema)
-    _entry_points_loaded = True
+            _loaded.add(ep.name)
 
 
 def get_collection(name: str) -> CollectionSchema | None:
     """The schema of collection ``name``, or None when it holds free-form JSON."""
-    _load_entry_points()
+    if name not in _registry and name not in _loaded:
+        _load_entry_point(name)
+        _loaded.add(name)  # looked up: a schemaless collection is not searched for again
     return _registry.get(name)
 
 
 def registered_collections() -> dict[str, CollectionSchema]:
-    _load_entry_points()
+    _load_entry_point()
     return dict(_registry)
