@@ -43,13 +43,14 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy config_store deepfix jobs serve
+	$(BIN)/mypy config_store deepfix jobs serve bench
 
 # Each script measures its baseline in the same run and rewrites its own section of
 # docs/benchmarks.md. Run them on a quiet machine.
 bench: setup
 	$(PY) -m bench.config_store --doc
 	$(PY) -m bench.prepare --doc
+	$(PY) -m bench.prepare --no-faces --doc
 	$(PY) -m bench.train --doc
 	$(PY) -m bench.infer --doc
 	$(PY) -m bench.serve --doc

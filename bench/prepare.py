@@ -2,40 +2,50 @@
 
 Usage::
 
-    python -m bench.prepare [--source DIR] [--limit N] [--size 128] [--batch-size 32]
-                            [--num-cpus 1.0] [--repeats 3] [--json OUT]
+    python -m bench.prepare [--source DIR] [--limit N] [--size 128] [--batch-size 64]
+                            [--num-cpus 1.0] [--repeats 2] [--no-faces] [--json OUT] [--doc]
 
 (from the repository root, so that Ray workers import ``jobs.prepare`` from it).
 
-Both sides do the same work with the same code (``deepfix.prepare.Preparer``): read, decode,
+Every side does the same work with the same code (``deepfix.prepare.Preparer``): read, decode,
 detect faces (Haar), crop and resize, degrade, PNG-encode, and write Parquet shards of
-``batch-size`` images into a temporary folder. The serial loop runs in this process; the Ray
-side is ``jobs.prepare.build_dataset`` + ``write_samples`` on a local Ray with every CPU, timed
-from the first Ray Data call to the end of the write (``ray.init`` excluded; the write
-included). The Ray side runs *cold* once (the first execution after ``ray.init``: worker
-processes import deepfix and build their detector inside the timing), then *warm* (workers
-reused) in rounds interleaved with the serial loop. The figure is Ray images/s / serial
-images/s, best round of each. The serial loop runs twice per round: with OpenCV's default
-thread count (a thread per core: Haar's ``detectMultiScale`` is internally parallel, so this
-"serial" loop already uses more than one core) and with one OpenCV thread (what each Ray task
-uses, one per reserved CPU). A third reference is the ceiling without Ray: one plain process
-per CPU, each running the 1-thread loop on every n-th image (start-up excluded). The per-stage
-cost per image comes from the fastest default serial round.
+``batch-size`` images into a temporary folder. The sides:
+
+- **serial loop, one core** (the baseline of the figure): the loop in a child process pinned to
+  one CPU (``sched_setaffinity``) with one OpenCV thread, so it is serial in the strict sense:
+  one image at a time on one core.
+- **serial loop, OpenCV default threads**: the same loop in this process with OpenCV's default
+  thread pool (a thread per core). Haar's ``detectMultiScale`` and the blurs are
+  ``parallel_for`` loops, so this "serial" loop already runs its hottest stage on every core;
+  its ratio is reported beside the figure, never instead of it.
+- **N plain processes** (no Ray): one child per CPU, each pinned to its own CPU with one OpenCV
+  thread, on every N-th image: the parallel ceiling of the machine for this work.
+- **Ray cold / warm**: ``jobs.prepare.build_dataset`` + ``write_samples`` on a local Ray with
+  every CPU, timed from the first Ray Data call to the end of the write (``ray.init``
+  excluded). Cold is the first execution after ``ray.init`` (workers import deepfix and build
+  their detector inside the timing); warm runs reuse the workers.
+
+Children time their own loops (process start-up excluded). Rounds interleave the sides so
+that load from elsewhere on a shared machine hits all of them alike; each figure is the best
+round. The per-stage cost per image comes from the fastest one-core round.
 
 ``--source`` defaults to ``../shared/data/faces-dev`` (real photographs, local benchmarks only)
-when it exists, else a generated folder of astronaut crops (scikit-image) is used. On a shared
-machine the numbers are indicative; the load average before and after is recorded.
+when it exists, else a generated folder of astronaut crops (scikit-image) is used.
+``--no-faces`` turns face detection off (centre crops), to show the pipeline on work that
+OpenCV does not parallelise internally. The load average before and after is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -61,24 +71,30 @@ class Side(BaseModel):
 
 
 class Report(BaseModel):
+    machine: str
+    stamp: str
     source: str
     images: int
     size: int
+    faces: bool
     batch_size: int
     num_cpus_per_task: float
-    cpu_count: int | None
+    cpu_count: int
+    pinned: bool
     load_average_before: tuple[float, float, float] | None
     load_average_after: tuple[float, float, float] | None
     opencv_threads_default: int
-    serial: list[Side]
-    serial_1_thread: list[Side]
+    serial_one_core: list[Side]
+    serial_default_threads: list[Side]
     processes: list[Side]
     ray_cold: list[Side]
     ray_warm: list[Side]
-    ratio_cold: float
-    ratio_warm: float
-    ratio_warm_vs_1_thread: float
-    ratio_processes_vs_1_thread: float
+    ratio: float
+    """Ray warm / serial loop on one core: the figure."""
+    ratio_vs_default_threads: float
+    ratio_ceiling: float
+    """N plain processes / serial loop on one core."""
+    ceiling_vs_default_threads: float
     stage_ms_per_image: dict[str, float]
 
 
@@ -106,9 +122,10 @@ def _generate(folder: Path, n: int) -> None:
         cv2.imwrite(str(folder / f"img_{i:05d}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
-def _serial(
+def _loop(
     spec: DatasetSpec, items: list[str], out: Path, batch: int, cv2_threads: int
-) -> tuple[Side, Preparer]:
+) -> tuple[float, int, dict[str, float]]:
+    """The plain serial loop: seconds, samples written, seconds per stage."""
     cv2.setNumThreads(cv2_threads)  # -1: OpenCV's default (a thread per core)
     preparer = Preparer(spec, allow_private=True)
     start = time.perf_counter()
@@ -120,38 +137,61 @@ def _serial(
             write_table(table, str(out), f"part-{k // batch:05d}.parquet")
     seconds = time.perf_counter() - start
     cv2.setNumThreads(-1)
-    name = "serial" if cv2_threads < 0 else f"serial, {cv2_threads} OpenCV thread"
-    return Side(
-        name=name, seconds=seconds, images_per_s=len(items) / seconds, samples=samples
-    ), preparer
+    return seconds, samples, dict(preparer.timings)
 
 
-def _share(spec_json: str, items: list[str], out: str, batch: int) -> tuple[float, int]:
-    """One process's strided share of the serial loop (1 OpenCV thread): seconds, samples."""
-    side, _ = _serial(DatasetSpec.model_validate_json(spec_json), items, Path(out), batch, 1)
-    return side.seconds, side.samples
+def _pinned_loop(
+    cpu: int | None, spec_json: str, items: list[str], out: str, batch: int
+) -> tuple[float, int, dict[str, float]]:
+    """In a child process: the loop on one core (pinned to ``cpu`` where the OS allows)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    return _loop(DatasetSpec.model_validate_json(spec_json), items, Path(out), batch, 1)
 
 
-def _processes(spec: DatasetSpec, items: list[str], out: Path, batch: int) -> Side:
-    """The parallel ceiling without Ray: one plain process per CPU, each on every n-th image.
+def _cpus() -> list[int | None]:
+    """The CPUs children are pinned to, one per child; ``None`` where pinning is unsupported."""
+    if hasattr(os, "sched_getaffinity"):
+        return [*sorted(os.sched_getaffinity(0))]
+    return [None] * (os.cpu_count() or 1)
 
-    Process start-up is excluded (each child times its own loop), so this is what the
-    machine's cores can do for this work at best; Ray warm is compared with it.
+
+def _processes(
+    spec: DatasetSpec, items: list[str], out: Path, batch: int, n: int
+) -> tuple[Side, dict[str, float]]:
+    """``n`` plain processes, each pinned to its own CPU, each on every n-th image.
+
+    ``n == 1`` is the serial loop on one core. Process start-up is excluded (each child
+    times its own loop); the side's time is the slowest child's.
     """
-    n = os.cpu_count() or 1
+    cpus = _cpus()[:n]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(n, mp_context=ctx) as pool:
         futures = [
-            pool.submit(_share, spec.model_dump_json(), items[k::n], str(out / f"p{k}"), batch)
-            for k in range(n)
+            pool.submit(
+                _pinned_loop, cpu, spec.model_dump_json(), items[k::n], str(out / f"p{k}"), batch
+            )
+            for k, cpu in enumerate(cpus)
         ]
         results = [f.result() for f in futures]
     seconds = max(r[0] for r in results)
-    return Side(
-        name=f"{n} processes",
+    name = "serial loop, one core" if n == 1 else f"{n} plain processes, no Ray"
+    side = Side(
+        name=name,
         seconds=seconds,
         images_per_s=len(items) / seconds,
         samples=sum(r[1] for r in results),
+    )
+    return side, results[0][2]
+
+
+def _default_threads(spec: DatasetSpec, items: list[str], out: Path, batch: int) -> Side:
+    seconds, samples, _ = _loop(spec, items, out, batch, -1)
+    return Side(
+        name="serial loop, OpenCV default threads",
+        seconds=seconds,
+        images_per_s=len(items) / seconds,
+        samples=samples,
     )
 
 
@@ -169,17 +209,11 @@ def _ray(spec: DatasetSpec, items: list[str], out: Path, args: argparse.Namespac
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, default=None, help="folder of face images")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N images")
-    parser.add_argument("--size", type=int, default=128, help="sample height and width")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per map task")
-    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per map task")
-    parser.add_argument("--repeats", type=int, default=3, help="serial / Ray warm rounds")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
+def _best(sides: list[Side]) -> float:
+    return max(s.images_per_s for s in sides)
 
+
+def run(args: argparse.Namespace) -> Report:
     tmp = Path(tempfile.mkdtemp(prefix="deepfix-bench-prepare-"))
     try:
         source = args.source
@@ -192,108 +226,135 @@ def main(argv: list[str] | None = None) -> int:
             source=str(source),
             height=args.size,
             width=args.size,
-            face_detection=FaceDetectionSpec(on_missing="whole"),
+            face_detection=FaceDetectionSpec(enabled=not args.no_faces, on_missing="whole"),
         )
         items = [it.path for it in list_images(spec.source).items][: args.limit]
         if not items:
             sys.exit(f"no images in {source}")
+        n = len(_cpus())
 
         import ray
 
         _init_ray(ray)
-
         load_before = _report.load_average()
-        serial: list[Side] = []
-        serial_1: list[Side] = []
+        one_core: list[Side] = []
+        default: list[Side] = []
         procs: list[Side] = []
-        cold: list[Side] = []
         warm: list[Side] = []
-        stage_ms: dict[str, float] = {}
-        # Cold: the first execution after ray.init, so worker processes import deepfix and
-        # build their detector inside the timing. Then rounds of serial / Ray warm / serial
-        # with one OpenCV thread, interleaved so that noise from other load on a shared
-        # machine hits all three alike; the best round of each is the figure.
-        cold.append(_ray(spec, items, tmp / "ray-cold", args))
+        stage_s: dict[str, float] = {}
+        cold = [_ray(spec, items, tmp / "ray-cold", args)]
         for r in range(args.repeats):
-            side, preparer = _serial(spec, items, tmp / f"serial-{r}", args.batch_size, -1)
-            serial.append(side)
-            if side.images_per_s == max(s.images_per_s for s in serial):
-                stage_ms = {s: 1000 * preparer.timings[s] / len(items) for s in STAGES}
+            side, stages = _processes(spec, items, tmp / f"one-{r}", args.batch_size, 1)
+            one_core.append(side)
+            if side.images_per_s == _best(one_core):
+                stage_s = stages
             warm.append(_ray(spec, items, tmp / f"ray-warm-{r}", args))
-            side1, _ = _serial(spec, items, tmp / f"serial1-{r}", args.batch_size, 1)
-            serial_1.append(side1)
-            procs.append(_processes(spec, items, tmp / f"procs-{r}", args.batch_size))
+            default.append(_default_threads(spec, items, tmp / f"default-{r}", args.batch_size))
+            procs.append(_processes(spec, items, tmp / f"procs-{r}", args.batch_size, n)[0])
         ray.shutdown()
-
-        def best(sides: list[Side]) -> float:
-            return max(s.images_per_s for s in sides)
-
-        report = Report(
+        return Report(
+            machine=_report.machine(),
+            stamp=_report.stamp(),
             source=str(source),
             images=len(items),
             size=args.size,
+            faces=not args.no_faces,
             batch_size=args.batch_size,
             num_cpus_per_task=args.num_cpus,
-            cpu_count=os.cpu_count(),
+            cpu_count=n,
+            pinned=_cpus()[0] is not None,
             load_average_before=load_before,
             load_average_after=_report.load_average(),
             opencv_threads_default=cv2.getNumThreads(),
-            serial=serial,
-            serial_1_thread=serial_1,
+            serial_one_core=one_core,
+            serial_default_threads=default,
             processes=procs,
             ray_cold=cold,
             ray_warm=warm,
-            ratio_cold=best(cold) / best(serial),
-            ratio_warm=best(warm) / best(serial),
-            ratio_warm_vs_1_thread=best(warm) / best(serial_1),
-            ratio_processes_vs_1_thread=best(procs) / best(serial_1),
-            stage_ms_per_image=stage_ms,
+            ratio=_best(warm) / _best(one_core),
+            ratio_vs_default_threads=_best(warm) / _best(default),
+            ratio_ceiling=_best(procs) / _best(one_core),
+            ceiling_vs_default_threads=_best(procs) / _best(default),
+            stage_ms_per_image={s: 1000 * stage_s[s] / len(items) for s in STAGES},
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(_markdown(report))
+
+def markdown(r: Report) -> str:
+    work = "detect faces (Haar)" if r.faces else "no face detection (centre crops)"
+    fill = functools.partial(textwrap.fill, width=100, break_on_hyphens=False)
+    lines = [
+        "## Dataset preparation (`bench/prepare.py`)" + ("" if r.faces else ", face detection off"),
+        "",
+        fill(
+            f"{r.stamp}, `python -m bench.prepare{'' if r.faces else ' --no-faces'}`: "
+            f"{r.machine}; {r.images} images from `{Path(r.source).name}`, {work}, "
+            f"{r.size}x{r.size} samples, batch {r.batch_size}, `num_cpus` "
+            f"{r.num_cpus_per_task:g} per task. Load average "
+            f"{_report.fmt_load(r.load_average_before)} before, "
+            f"{_report.fmt_load(r.load_average_after)} after. Best of "
+            f"{len(r.ray_warm)} interleaved rounds per side; the one-core loop and the plain "
+            f"processes run {'pinned to a CPU each' if r.pinned else 'unpinned (no affinity API)'}."
+        ),
+        "",
+        "| side (same images, same run) | images/s | x serial one core "
+        "| x serial default threads |",
+        "|---|---:|---:|---:|",
+    ]
+    one, default = _best(r.serial_one_core), _best(r.serial_default_threads)
+    rows = (
+        ("serial loop, one core (**baseline**)", r.serial_one_core),
+        (
+            f"serial loop, OpenCV default threads ({r.opencv_threads_default})",
+            r.serial_default_threads,
+        ),
+        (f"{r.cpu_count} plain processes, no Ray (ceiling)", r.processes),
+        ("Ray Data, cold (first run after `ray.init`)", r.ray_cold),
+        ("Ray Data, warm", r.ray_warm),
+    )
+    for label, sides in rows:
+        best = _best(sides)
+        lines.append(f"| {label} | {best:.1f} | {best / one:.2f} | {best / default:.2f} |")
+    total = sum(r.stage_ms_per_image.values())
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in r.stage_ms_per_image.items())
+    lines += [
+        "",
+        fill(
+            f"**Figure: Ray warm = {r.ratio:.2f}x the serial loop on one core** "
+            f"({r.ratio / r.ratio_ceiling:.0%} of the {r.ratio_ceiling:.2f}x that {r.cpu_count} "
+            f"plain processes reach). Against the loop with OpenCV's default threads: "
+            f"{r.ratio_vs_default_threads:.2f}x, where the no-Ray ceiling is "
+            f"{r.ceiling_vs_default_threads:.2f}x."
+        ),
+        "",
+        fill(f"Per-stage cost on one core, ms per image: {stages} (sum {total:.1f})."),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, default=None, help="folder of face images")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N images")
+    parser.add_argument("--size", type=int, default=128, help="sample height and width")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per map task")
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per map task")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds per side")
+    parser.add_argument("--no-faces", action="store_true", help="face detection off")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument(
+        "--doc", action="store_true", help="rewrite the prepare section of docs/benchmarks.md"
+    )
+    args = parser.parse_args(argv)
+    report = run(args)
+    md = markdown(report)
+    print(md)
     if args.json is not None:
         args.json.write_text(json.dumps(report.model_dump(), indent=2) + "\n")
+    if args.doc:
+        _report.write_section("prepare" if report.faces else "prepare-no-faces", md)
     return 0
-
-
-def _markdown(r: Report) -> str:
-    lines = [
-        f"{r.images} images from `{r.source}`, samples {r.size}x{r.size}, "
-        f"batch {r.batch_size}, num_cpus/task {r.num_cpus_per_task:g}, {r.cpu_count} CPUs, "
-        f"load average before/after {_report.fmt_load(r.load_average_before)} / "
-        f"{_report.fmt_load(r.load_average_after)}",
-        "",
-        "| run | round | seconds | images/s | samples | x serial |",
-        "|---|---|---|---|---|---|",
-    ]
-    base = max(s.images_per_s for s in r.serial)
-    runs = (
-        (f"serial ({r.opencv_threads_default} OpenCV threads)", r.serial),
-        ("serial (1 OpenCV thread)", r.serial_1_thread),
-        (f"{r.cpu_count} plain processes, no Ray (ceiling)", r.processes),
-        ("ray cold", r.ray_cold),
-        ("ray warm", r.ray_warm),
-    )
-    for label, sides in runs:
-        for i, s in enumerate(sides):
-            lines.append(
-                f"| {label} | {i + 1} | {s.seconds:.2f} | {s.images_per_s:.1f} | {s.samples} "
-                f"| {s.images_per_s / base:.2f} |"
-            )
-    lines += ["", "| stage (serial) | ms / image |", "|---|---|"]
-    total = sum(r.stage_ms_per_image.values())
-    for stage, ms in r.stage_ms_per_image.items():
-        lines.append(f"| {stage} | {ms:.2f} |")
-    lines.append(f"| **sum** | {total:.2f} |")
-    lines.append("")
-    lines.append(
-        f"Ratio to the plain serial loop (best of rounds): cold {r.ratio_cold:.2f}x, "
-        f"warm {r.ratio_warm:.2f}x; vs the 1-thread serial loop: Ray warm "
-        f"{r.ratio_warm_vs_1_thread:.2f}x, plain processes {r.ratio_processes_vs_1_thread:.2f}x"
-    )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Parquet file in one task without a second object-store round trip (the plan read
 ``MapBatches(_prepare_block)->Write``). The detector is still built once per worker process
 (``_preparer`` is cached per process), each task runs OpenCV with one thread per reserved CPU,
 and the blocks are balanced (see ``build_dataset``). Measured on 2 cores (docs/benchmarks.md),
-the warm pipeline runs at ~95 % of two plain processes splitting the same images.
+the warm pipeline runs at 94-99 % of two plain processes splitting the same images.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class PrepareArgs(BaseModel):
         None, description="root path or URI; default $DEEPFIX_HOME/datasets/<dataset>"
     )
     limit: int | None = Field(None, ge=1, description="prepare only the first N listed images")
-    batch_size: int = Field(32, ge=1, le=4096, description="images per block / map task")
+    batch_size: int = Field(64, ge=1, le=4096, description="images per block / map task")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per map task")
     allow_private: bool = Field(True, description="http(s) sources may be private addresses")
 
@@ -110,7 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepareArgs:
         "default $DEEPFIX_HOME/datasets/<dataset>",
     )
     parser.add_argument("--limit", type=int, help="prepare only the first N listed images")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per map task")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per map task")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per task")
     parser.add_argument(
         "--deny-private",
