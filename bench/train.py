@@ -131,7 +131,13 @@ def run_plain(uri: str, config: Any, *, threads: int) -> SideResult:
 
     rates, samples = [], 0
     for _ in range(config.epochs):
-        stats = train_epoch(model, batches(), optimizer, ssim_weight=config.ssim_weight)
+        stats = train_epoch(
+            model,
+            batches(),
+            optimizer,
+            pixel_loss=config.pixel_loss,
+            ssim_weight=config.ssim_weight,
+        )
         scheduler.step()
         rates.append(stats.samples_per_s)
         samples = stats.samples

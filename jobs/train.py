@@ -45,6 +45,7 @@ from deepfix.models import build_model, load_arch_config
 from deepfix.storage import join, storage_root
 from deepfix.training import (
     MetricSums,
+    PixelLoss,
     TrainConfig,
     decode_pairs,
     make_optimizer,
@@ -92,6 +93,7 @@ class TrainArgs(BaseModel):
     arch: str = "unet_r2"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    pixel_loss: PixelLoss = "mse"
     ssim_weight: float = Field(0.0, ge=0)
     seed: int = 0
     resume: bool = False
@@ -230,6 +232,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _batches(train_shard, tc.batch_size, shuffle=True),
             optimizer,
             device=device,
+            pixel_loss=tc.pixel_loss,
             ssim_weight=tc.ssim_weight,
             amp=amp,
             scaler=scaler,
@@ -241,6 +244,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             inner,
             _batches(val_shard, tc.batch_size, shuffle=False),
             device=device,
+            pixel_loss=tc.pixel_loss,
             ssim_weight=tc.ssim_weight,
             amp=amp,
             max_steps=tc.max_steps_per_epoch,
@@ -335,6 +339,7 @@ def run(args: TrainArgs, *, store: ConfigStore | None = None) -> ModelVersion:
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        pixel_loss=args.pixel_loss,
         ssim_weight=args.ssim_weight,
         max_steps_per_epoch=args.limit_steps,
         seed=args.seed,
@@ -419,6 +424,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="unet_r2", help="packaged architecture config")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--pixel-loss", choices=["mse", "l1"], default="mse", help="per-pixel loss term")
     p.add_argument("--ssim-weight", type=float, default=0.0, help="weight of 1-SSIM in the loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the latest run of the model")

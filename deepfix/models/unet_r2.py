@@ -20,10 +20,11 @@ Deviations, all deliberate:
     * any input size is accepted: the input is reflect-padded to a multiple of ``2**depth``
       and the output cropped back.
 
-Recurrence (Alom et al. 2018, eq. 1-2, unrolled): with ``f = GELU . BN . conv3x3``, a unit
-computes ``x_1 = f(x)`` and then ``x_{k+1} = f(x + x_k)`` for ``k = 1..t``, the same
-convolution re-applied, so ``t`` adds compute and receptive field but no parameters
-(``t = 2`` means three applications, as in the paper's "t = 2" figures and common code).
+Recurrence (Alom et al. 2018, eq. 1-2, unrolled): with ``f_k = GELU . BN_k . conv3x3``, a unit
+computes ``x_1 = f_1(x)`` and then ``x_{k+1} = f_{k+1}(x + x_k)`` for ``k = 1..t``, the same
+convolution re-applied, so ``t`` adds compute and receptive field but no convolution weights
+(``t = 2`` means three applications, as in the paper's "t = 2" figures and common code). Each
+application keeps its own BatchNorm statistics (see :class:`RecurrentConv` for why).
 
 With the defaults (``base_channels=16, depth=2, t=2``, widths 16-32-64) the network has
 136,067 trainable parameters, 1.5 % above the 134,067 the deepfix paper reports for its
@@ -32,7 +33,7 @@ R2U-Net. The widths are kept at plain doublings rather than tuned to hit that nu
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,18 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class RecurrentConv(nn.Module):
-    """Recurrent convolutional unit: ``x_1 = f(x)``, ``x_{k+1} = f(x + x_k)`` for k = 1..t.
+    """Recurrent convolutional unit: ``x_1 = f_1(x)``, ``x_{k+1} = f_{k+1}(x + x_k)`` for k = 1..t.
+
+    ``f_k = GELU . affine . BN_k . conv3x3``: the convolution and the BatchNorm affine
+    (``weight``, ``bias``) are shared by every application, which is the recurrence; the
+    BatchNorm *statistics* are kept per application. The applications see different
+    distributions (``x``, then ``x + x_1``, ...): one shared BatchNorm normalises each with its
+    own batch statistics in training but with one running average of all of them in eval mode,
+    so the trained network computed something else, and worse, in eval mode. Measured on 64x64
+    face crops with salt-and-pepper noise after 200 MSE steps: train MSE 0.0005 but eval-mode
+    test PSNR 22.1 dB with one shared BatchNorm (input 21.4 dB), 34.8 dB with statistics per
+    step. Per-step statistics are what Cooijmans et al. ("Recurrent Batch Normalization", ICLR
+    2017) use for recurrent networks; sharing the affine keeps the parameter count unchanged.
 
     Args:
         channels: input and output width (the recurrence adds the input to the state).
@@ -70,17 +82,51 @@ class RecurrentConv(nn.Module):
             raise ValueError(f"t must be >= 0, got {t}")
         self.t = t
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
-        self.norm = nn.BatchNorm2d(channels)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(channels, affine=False) for _ in range(t + 1))
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
         self.act = nn.GELU()
 
-    def _step(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.conv(x)))
+    def _step(self, x: Tensor, k: int) -> Tensor:
+        # The step's BatchNorm module (affine=False) holds its statistics and momentum; the
+        # shared affine goes into the same fused batch_norm call.
+        stats = cast(nn.BatchNorm2d, self.norms[k])
+        momentum = stats.momentum
+        if self.training and stats.num_batches_tracked is not None:
+            stats.num_batches_tracked.add_(1)
+            if momentum is None:  # nn.BatchNorm's cumulative average
+                momentum = 1.0 / float(stats.num_batches_tracked)
+        y = F.batch_norm(
+            self.conv(x),
+            stats.running_mean,
+            stats.running_var,
+            self.weight,
+            self.bias,
+            training=self.training,
+            momentum=momentum if momentum is not None else 0.0,
+            eps=stats.eps,
+        )
+        return self.act(y)
 
     def forward(self, x: Tensor) -> Tensor:
-        state = self._step(x)
-        for _ in range(self.t):
-            state = self._step(x + state)
+        state = self._step(x, 0)
+        for k in range(1, self.t + 1):
+            state = self._step(x + state, k)
         return state
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Weights saved before per-step statistics have one affine BatchNorm ``norm``: its
+        # affine becomes ``weight``/``bias`` and every step gets a copy of its statistics,
+        # which computes exactly what that network computed, so stored models keep loading.
+        legacy = f"{prefix}norm."
+        for key in [k for k in state_dict if k.startswith(legacy)]:
+            value, name = state_dict.pop(key), key[len(legacy) :]
+            if name in ("weight", "bias"):
+                state_dict[f"{prefix}{name}"] = value
+                continue
+            for k in range(self.t + 1):
+                state_dict[f"{prefix}norms.{k}.{name}"] = value
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class RecurrentResidualBlock(nn.Module):

@@ -22,6 +22,7 @@ from deepfix.models import (
 )
 from deepfix.models import registry as registry_module
 from deepfix.models.summary import layer_flops
+from deepfix.models.unet_r2 import RecurrentConv
 
 PAPER_PARAMS = 134_067
 
@@ -120,6 +121,86 @@ def test_large_variant_has_about_a_million_params() -> None:
 def test_recurrence_shares_weights() -> None:
     counts = {_trainable(build_model({"name": "unet_r2", "kwargs": {"t": t}})) for t in (0, 1, 3)}
     assert len(counts) == 1
+
+
+def test_each_recurrent_step_keeps_its_own_batchnorm_statistics() -> None:
+    unit = RecurrentConv(4, t=2).train()
+    unit(torch.randn(8, 4, 6, 6) * 3 + 1)
+    means = [norm.running_mean for norm in unit.norms]
+    assert len(means) == 3
+    # Step 0 normalises conv(x), steps 1 and 2 conv(x + state): different distributions.
+    assert not torch.allclose(means[0], means[1]) and not torch.allclose(means[1], means[2])
+
+
+def test_eval_mode_matches_train_mode_on_the_batch_its_statistics_came_from() -> None:
+    # With momentum 1 the running statistics are those of the last batch, so eval mode must
+    # reproduce train mode on that batch; one BatchNorm shared by the steps did not.
+    torch.manual_seed(0)
+    unit = RecurrentConv(4, t=2)
+    for norm in unit.norms:
+        norm.momentum = 1.0
+    x = torch.randn(64, 4, 8, 8) * 2 + 0.5
+    trained = unit.train()(x)
+    evaluated = unit.eval()(x)
+    # Train mode divides by the biased batch variance, the running one is unbiased (n / n-1).
+    assert torch.allclose(trained, evaluated, atol=5e-3)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_step_computes_what_nn_batchnorm_with_that_affine_computes(
+    momentum: float | None,
+) -> None:
+    torch.manual_seed(0)
+    unit = RecurrentConv(4, t=0)
+    unit.norms[0].momentum = momentum
+    reference = nn.BatchNorm2d(4, momentum=momentum)
+    with torch.no_grad():
+        unit.weight.uniform_(0.5, 1.5)
+        unit.bias.uniform_(-1, 1)
+        reference.weight.copy_(unit.weight)
+        reference.bias.copy_(unit.bias)
+    for scale in (1.0, 2.0, 3.0):
+        x = torch.randn(8, 4, 5, 5) * scale
+        expected = unit.act(reference.train()(unit.conv(x)))
+        assert torch.allclose(unit.train()(x), expected, atol=1e-6)
+    stats = unit.norms[0]
+    assert torch.allclose(stats.running_mean, reference.running_mean)
+    assert torch.allclose(stats.running_var, reference.running_var)
+    assert int(stats.num_batches_tracked) == int(reference.num_batches_tracked) == 3
+    x = torch.randn(2, 4, 5, 5)
+    expected = unit.act(reference.eval()(unit.conv(x)))
+    assert torch.allclose(unit.eval()(x), expected, atol=1e-6)
+
+
+class _SharedNormUnit(nn.Module):
+    """The recurrent unit as it was before per-step statistics: one BatchNorm for all steps."""
+
+    def __init__(self, channels: int, t: int) -> None:
+        super().__init__()
+        self.t = t
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.act(self.norm(self.conv(x)))
+        for _ in range(self.t):
+            state = self.act(self.norm(self.conv(x + state)))
+        return state
+
+
+def test_weights_saved_with_one_shared_batchnorm_still_load_and_compute_the_same() -> None:
+    torch.manual_seed(0)
+    legacy = _SharedNormUnit(4, t=2)
+    with torch.no_grad():
+        legacy.norm.running_mean.uniform_(-1, 1)
+        legacy.norm.running_var.uniform_(0.5, 2)
+        legacy.norm.weight.uniform_(0.5, 1.5)
+        legacy.norm.bias.uniform_(-0.5, 0.5)
+    unit = RecurrentConv(4, t=2)
+    unit.load_state_dict(legacy.state_dict())  # strict: every key mapped, none left over
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(unit.eval()(x), legacy.eval()(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -80,6 +80,14 @@ def test_loss_is_zero_for_a_perfect_restoration_and_ssim_term_adds() -> None:
     assert float(restoration_loss(y, x, ssim_weight=0.5)) > plain > 0
 
 
+def test_pixel_loss_is_mse_by_default_or_l1() -> None:
+    x = torch.rand(2, 3, 16, 16)
+    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    assert float(restoration_loss(y, x)) == pytest.approx(float(((y - x) ** 2).mean()))
+    l1 = float(restoration_loss(y, x, pixel_loss="l1"))
+    assert l1 == pytest.approx(float((y - x).abs().mean()))
+
+
 def test_ssim_term_has_gradients() -> None:
     x = torch.rand(1, 3, 16, 16)
     y = torch.rand(1, 3, 16, 16, requires_grad=True)
